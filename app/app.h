@@ -26,8 +26,8 @@ typedef struct st_crm_app_t crm_app_t;
 
 /* Readiness facts kept up to date in the background, so that /health/ready never queries the database. */
 typedef struct st_crm_readiness_t {
-    int schema_checked;    /* a schema check has completed at least once */
-    int schema_current;    /* every migration in this binary is applied with an unchanged checksum */
+    int schema_checked; /* a schema check has completed at least once */
+    int schema_current; /* every migration in this binary is applied with an unchanged checksum */
     char schema_problem[160];
     uint64_t schema_checked_at; /* loop ms */
 } crm_readiness_t;

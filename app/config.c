@@ -436,7 +436,7 @@ int crm_config_load(crm_config_t *c, crm_env_t *e, const char *cwd)
     CRM_CONFIG_INT_VARS(CRM_CONFIG_INT_LOAD)
     load_operator_token(c, e);
     c->log_level = (crm_log_level_t)crm_env_enum(e, "CRMD_LOG_LEVEL", log_level_names,
-                                sizeof(log_level_names) / sizeof(log_level_names[0]), CRM_LOG_INFO);
+                                                 sizeof(log_level_names) / sizeof(log_level_names[0]), CRM_LOG_INFO);
     c->access_log = crm_env_bool(e, "CRMD_ACCESS_LOG", 1);
     if (prod && c->tls_cert == NULL && c->tls_key == NULL && !c->behind_proxy)
         crm_env_problem(e, "CRMD_TLS_CERT", 0,

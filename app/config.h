@@ -19,7 +19,6 @@
 
 typedef enum { CRM_ENV_DEVELOPMENT = 0, CRM_ENV_TEST, CRM_ENV_PRODUCTION } crm_deploy_env_t;
 
-
 /*
  * The loaded configuration. The const char * members point into the lookup function's storage (the process
  * environment in crmd) and are not owned; they stay valid while that storage does (see env.h). The rest is

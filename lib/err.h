@@ -25,9 +25,9 @@ typedef enum {
     CRM_E_PARSE = -12,        /* malformed input (400) */
     CRM_E_NOT_FOUND = -13,
     CRM_E_EXISTS = -14,
-    CRM_E_IO = -15,    /* operating-system I/O error */
-    CRM_E_CONFIG = -16, /* invalid configuration */
-    CRM_E_STATE = -17,  /* the object is in a state that does not allow the call */
+    CRM_E_IO = -15,       /* operating-system I/O error */
+    CRM_E_CONFIG = -16,   /* invalid configuration */
+    CRM_E_STATE = -17,    /* the object is in a state that does not allow the call */
     CRM_E_PROTOCOL = -18, /* the peer violated its protocol */
 } crm_err_t;
 

@@ -20,7 +20,7 @@
 #include "rand.h"
 
 #define PROBLEM_PREFIX "urn:crmd:problem:"
-#define MAX_STATUS 600
+#define MAX_STATUS     600
 
 struct st_crm_http_server_t {
     uv_loop_t *loop;

@@ -42,10 +42,10 @@ typedef struct st_crm_http_server_t crm_http_server_t;
 typedef struct st_crm_http_req_t crm_http_req_t;
 
 typedef struct st_crm_http_config_t {
-    const char *host;            /* literal address or name, resolved once at listen time */
+    const char *host; /* literal address or name, resolved once at listen time */
     uint16_t port;
-    SSL_CTX *ssl_ctx;            /* optional; when set the listener speaks TLS with ALPN h2/http1.1. Owned by the server */
-    size_t max_body_bytes;       /* default per-route body limit and h2o's global limit */
+    SSL_CTX *ssl_ctx;      /* optional; when set the listener speaks TLS with ALPN h2/http1.1. Owned by the server */
+    size_t max_body_bytes; /* default per-route body limit and h2o's global limit */
     uint64_t request_timeout_ms; /* handler deadline */
     uint64_t idle_timeout_ms;    /* HTTP/1 keep-alive and request read time; HTTP/2 idle time */
     size_t max_connections;      /* accepted beyond this are closed at once */
@@ -60,7 +60,7 @@ void crm_http_config_default(crm_http_config_t *cfg);
 SSL_CTX *crm_http_tls_context(const char *cert_file, const char *key_file, char *err, size_t errcap);
 
 struct st_crm_http_req_t {
-    h2o_req_t *h2o;           /* the h2o request; NULL once answered-and-gone or disposed */
+    h2o_req_t *h2o; /* the h2o request; NULL once answered-and-gone or disposed */
     crm_http_server_t *server;
     const crm_route_t *route; /* matched route (NULL for 404/405) */
     crm_http_method_t method;

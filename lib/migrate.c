@@ -12,7 +12,7 @@
 
 /* 'crmd' as a 32-bit number: the advisory-lock key every crmd process agrees on. */
 #define MIGRATE_LOCK_KEY "1668443492"
-#define MAX_APPLIED 10000
+#define MAX_APPLIED      10000
 
 typedef struct {
     int version;
@@ -247,8 +247,9 @@ static int apply_one(PGconn *c, const crm_migration_t *m, crm_migrate_report_t *
     snprintf(elapsed, sizeof(elapsed), "%ld", ms);
     crm_migration_checksum(m, checksum);
     const char *params[] = {version, m->name, checksum, elapsed};
-    r = PQexecParams(c, "INSERT INTO crm.schema_migrations (version, name, checksum, execution_ms) VALUES ($1, $2, $3, $4)",
-                     4, NULL, params, NULL, NULL, 0);
+    r = PQexecParams(
+        c, "INSERT INTO crm.schema_migrations (version, name, checksum, execution_ms) VALUES ($1, $2, $3, $4)", 4, NULL,
+        params, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         err = result_err(r);
         fail(rep, "recording migration %s: %s", m->name, PQresultErrorMessage(r));

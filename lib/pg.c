@@ -15,10 +15,10 @@
 /* PostgreSQL accepts up to 65535 parameters per statement; crmd's statements use a handful, and a bound keeps the
  * per-pool scratch arrays small. */
 #define MAX_PARAMS_PER_STMT 1024
-#define MAX_HOSTS 8
-#define UNIT_INLINE_STMTS 4
-#define UNIT_INLINE_PARAMS 16
-#define UNIT_INLINE_ARENA 256
+#define MAX_HOSTS           8
+#define UNIT_INLINE_STMTS   4
+#define UNIT_INLINE_PARAMS  16
+#define UNIT_INLINE_ARENA   256
 
 /* The pool's own statements, prepared on every connection before the registered ones. */
 enum {
@@ -70,9 +70,9 @@ struct st_crm_pg_unit_t {
     pg_conn_t *conn;
     /* What was sent, to walk the answers: see send_unit. */
     uint8_t has_begin, has_setup;
-    size_t step;      /* index of the command whose answer comes next */
-    int await_null;   /* the command's result arrived; libpq's terminating NULL is next */
-    int sql_error;    /* a statement failed */
+    size_t step;    /* index of the command whose answer comes next */
+    int await_null; /* the command's result arrived; libpq's terminating NULL is next */
+    int sql_error;  /* a statement failed */
     char sqlstate[6];
     char *error_message;
     int error_index;
@@ -114,7 +114,7 @@ struct st_pg_conn_t {
     PostgresPollingStatusType connect_poll;
     crm_timer_t timer; /* connect deadline, or backoff */
     pg_resolve_t *resolve;
-    size_t resolve_next;                   /* next host to resolve */
+    size_t resolve_next; /* next host to resolve */
     char hostaddr[MAX_HOSTS][INET6_ADDRSTRLEN];
     size_t prepares_pending; /* prepare answers still expected, then the Sync */
     int prepare_await_null;
@@ -435,8 +435,7 @@ int crm_pg_pool_create(uv_loop_t *loop, const crm_pg_config_t *cfg, crm_pg_pool_
     pool->application_name = strdup(cfg->application_name != NULL ? cfg->application_name : "crmd");
     pool->scratch_values = calloc(MAX_PARAMS_PER_STMT, sizeof(*pool->scratch_values));
     pool->conns = calloc(cfg->size, sizeof(*pool->conns));
-    if (pool->conninfo == NULL || pool->application_name == NULL || pool->scratch_values == NULL ||
-        pool->conns == NULL)
+    if (pool->conninfo == NULL || pool->application_name == NULL || pool->scratch_values == NULL || pool->conns == NULL)
         goto error;
     pool->cfg.conninfo = pool->conninfo;
     pool->cfg.application_name = pool->application_name;
@@ -956,8 +955,8 @@ static int grow(void **buf, size_t *cap, size_t elem, size_t need, size_t max, v
 int crm_pg_unit_add(crm_pg_unit_t *u, crm_pg_stmt_t stmt, int nparams, const char *const *values, const int *lengths)
 {
     crm_pg_pool_t *pool = u->pool;
-    if (u->state != UNIT_NEW || stmt < INTERNAL_STMTS || stmt >= pool->nstmts ||
-        nparams != pool->stmts[stmt].nparams || (nparams > 0 && values == NULL))
+    if (u->state != UNIT_NEW || stmt < INTERNAL_STMTS || stmt >= pool->nstmts || nparams != pool->stmts[stmt].nparams ||
+        (nparams > 0 && values == NULL))
         return CRM_E_INVAL;
     size_t bytes = 0;
     for (int i = 0; i < nparams; ++i) {
@@ -1125,7 +1124,7 @@ static int send_stmt(pg_conn_t *c, crm_pg_unit_t *u, const unit_stmt_t *s)
 static int send_internal(pg_conn_t *c, int id, int n, const char *const *values)
 {
     return PQsendQueryPrepared(c->pg, c->pool->stmts[id].wire_name, n, values, NULL, NULL, 0) == 1 ? 0
-                                                                                                 : CRM_E_UNAVAILABLE;
+                                                                                                   : CRM_E_UNAVAILABLE;
 }
 
 static int send_unit(pg_conn_t *c, crm_pg_unit_t *u)
@@ -1406,7 +1405,8 @@ static void conn_fail(pg_conn_t *c, int err, const char *why, crm_pg_unit_t *exp
     one_line(why, line, sizeof(line));
     int was_ready = c->state == CRM_PG_CONN_READY;
     crm_log(CRM_LOG_WARN, was_ready ? "pg.connection_lost" : "pg.connect_failed", CRM_LOG_UINT("conn", c->index),
-            CRM_LOG_STR("error", line), CRM_LOG_STR("kind", crm_err_name(err)), CRM_LOG_UINT("in_flight", c->in_flight));
+            CRM_LOG_STR("error", line), CRM_LOG_STR("kind", crm_err_name(err)),
+            CRM_LOG_UINT("in_flight", c->in_flight));
     crm_timerq_stop(&pool->timers, &c->timer);
     conn_close_pg(c);
     ++pool->stats.conn_failures;
@@ -1723,11 +1723,13 @@ static void collect(void *ctx, crm_prom_t *w)
         crm_label_t l = {"reason", reasons[i]};
         crm_prom_sample_u64(w, "crmd_db_rejections_total", &l, 1, rej[i]);
     }
-    crm_prom_family(w, "crmd_db_queue_timeouts_total", "counter", "Units of work that waited too long for a connection.");
+    crm_prom_family(w, "crmd_db_queue_timeouts_total", "counter",
+                    "Units of work that waited too long for a connection.");
     crm_prom_sample_u64(w, "crmd_db_queue_timeouts_total", NULL, 0, s.queue_timeouts);
     crm_prom_family(w, "crmd_db_deadline_expiries_total", "counter", "Units of work that ran past their deadline.");
     crm_prom_sample_u64(w, "crmd_db_deadline_expiries_total", NULL, 0, s.deadline_expiries);
-    crm_prom_family(w, "crmd_db_connection_failures_total", "counter", "Failed connection attempts and lost connections.");
+    crm_prom_family(w, "crmd_db_connection_failures_total", "counter",
+                    "Failed connection attempts and lost connections.");
     crm_prom_sample_u64(w, "crmd_db_connection_failures_total", NULL, 0, s.conn_failures);
     crm_prom_family(w, "crmd_db_reconnects_total", "counter", "Connections re-established after a failure.");
     crm_prom_sample_u64(w, "crmd_db_reconnects_total", NULL, 0, s.reconnects);

@@ -58,11 +58,11 @@ typedef struct st_crm_pg_config_t {
     uint64_t queue_timeout_ms;     /* longest wait for a connection */
     uint64_t statement_timeout_ms; /* server-side per-statement limit and the default unit deadline */
     uint64_t connect_timeout_ms;   /* one connection attempt, including statement preparation */
-    uint64_t reconnect_min_ms;     /* backoff after a failed or lost connection: full jitter in [0, min(max, min*2^n)] */
+    uint64_t reconnect_min_ms; /* backoff after a failed or lost connection: full jitter in [0, min(max, min*2^n)] */
     uint64_t reconnect_max_ms;
-    uint64_t backstop_grace_ms;    /* the client-side timer fires this long after the unit deadline */
-    size_t max_statements;         /* statements per unit, default 64 */
-    size_t max_param_bytes;        /* parameter bytes per unit, default 16 MiB */
+    uint64_t backstop_grace_ms; /* the client-side timer fires this long after the unit deadline */
+    size_t max_statements;      /* statements per unit, default 64 */
+    size_t max_param_bytes;     /* parameter bytes per unit, default 16 MiB */
     crm_breaker_config_t breaker;
 } crm_pg_config_t;
 
@@ -160,7 +160,8 @@ void crm_pg_unit_set_deadline(crm_pg_unit_t *unit, uint64_t deadline_ms);
  * not NULL; NULL means SQL NULL); all are copied, so the caller's buffers may go away at once. Returns the
  * statement's index within the unit (0, 1, …) or CRM_E_LIMIT (too many statements or parameter bytes),
  * CRM_E_INVAL (unknown statement or wrong parameter count). */
-int crm_pg_unit_add(crm_pg_unit_t *unit, crm_pg_stmt_t stmt, int nparams, const char *const *values, const int *lengths);
+int crm_pg_unit_add(crm_pg_unit_t *unit, crm_pg_stmt_t stmt, int nparams, const char *const *values,
+                    const int *lengths);
 
 /* Submits the unit. On 0 the pool owns it and `cb` runs exactly once, later, with:
  *   0                    every statement succeeded and the transaction committed;

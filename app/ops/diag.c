@@ -193,9 +193,8 @@ static void on_audit_post(crm_http_req_t *req)
     json_array_foreach(actions, i, a)
     {
         const char *action = json_string_value(a);
-        if (action == NULL ||
-            crm_pg_unit_add(u, app->_diag_stmts.audit, 3, (const char *const[]){tenant, action, req->request_id},
-                            NULL) < 0) {
+        if (action == NULL || crm_pg_unit_add(u, app->_diag_stmts.audit, 3,
+                                              (const char *const[]){tenant, action, req->request_id}, NULL) < 0) {
             char field[32];
             snprintf(field, sizeof(field), "actions[%zu]", i);
             crm_pg_unit_free(u);

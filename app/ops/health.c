@@ -21,8 +21,8 @@
 #include "openapi.h"
 
 #define SCHEMA_RECHECK_MS 15000
-#define SCHEMA_RETRY_MS 1000
-#define PROBE_TIMEOUT_MS 2000
+#define SCHEMA_RETRY_MS   1000
+#define PROBE_TIMEOUT_MS  2000
 
 static crm_app_t *app_of(crm_http_req_t *req)
 {
@@ -63,15 +63,15 @@ static void on_ready(crm_http_req_t *req)
     crm_pg_pool_stats(app->pool, &st);
     if (st.conns[CRM_PG_CONN_READY] == 0)
         json_array_append_new(reasons, json_string(st.prepare_failed ? "database statements fail to prepare"
-                                                                       : "no database connection is ready"));
+                                                                     : "no database connection is ready"));
     if (!app->ready.schema_checked)
         json_array_append_new(reasons, json_string("schema not checked yet"));
     else if (!app->ready.schema_current)
         json_array_append_new(reasons, json_string(app->ready.schema_problem));
     int ok = json_array_size(reasons) == 0;
-    json_t *body = json_pack("{s:s, s:o, s:s, s:b}", "status", ok ? "ready" : "not_ready", "reasons", reasons,
-                             "database_breaker", crm_breaker_state_name(bs), "schema_current",
-                             app->ready.schema_current);
+    json_t *body =
+        json_pack("{s:s, s:o, s:s, s:b}", "status", ok ? "ready" : "not_ready", "reasons", reasons, "database_breaker",
+                  crm_breaker_state_name(bs), "schema_current", app->ready.schema_current);
     if (!ok)
         crm_http_add_header(req, "retry-after", "1");
     crm_http_respond_json(req, ok ? 200 : 503, body);
@@ -85,7 +85,8 @@ static json_t *pool_figures(crm_app_t *app)
     crm_pg_pool_stats(app->pool, &st);
     json_t *conns = json_object();
     for (int i = 0; i < CRM_PG_CONN_STATE_COUNT; ++i)
-        json_object_set_new(conns, crm_pg_conn_state_name((crm_pg_conn_state_t)i), json_integer((json_int_t)st.conns[i]));
+        json_object_set_new(conns, crm_pg_conn_state_name((crm_pg_conn_state_t)i),
+                            json_integer((json_int_t)st.conns[i]));
     crm_breaker_t *b = crm_pg_pool_breaker(app->pool);
     crm_breaker_window_t w = crm_breaker_window(b);
     return json_pack("{s:o, s:i, s:i, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
@@ -96,11 +97,10 @@ static json_t *pool_figures(crm_app_t *app)
                      (json_int_t)st.rejected_breaker, "unavailable", (json_int_t)st.rejected_unavailable,
                      "queue_timeouts", (json_int_t)st.queue_timeouts, "deadline_expiries",
                      (json_int_t)st.deadline_expiries, "connection_failures", (json_int_t)st.conn_failures,
-                     "reconnects", (json_int_t)st.reconnects, "requeued", (json_int_t)st.requeued,
-                     "shutdown_rejected", (json_int_t)st.rejected_shutdown, "breaker", "state",
-                     crm_breaker_state_name(crm_breaker_state(b)), "window_calls", (int)w.outcomes,
-                     "window_failures", (int)w.failures, "window_slow", (int)w.slow, "retry_after_ms",
-                     (json_int_t)crm_breaker_retry_after_ms(b), "rejected", (json_int_t)b->rejected);
+                     "reconnects", (json_int_t)st.reconnects, "requeued", (json_int_t)st.requeued, "shutdown_rejected",
+                     (json_int_t)st.rejected_shutdown, "breaker", "state", crm_breaker_state_name(crm_breaker_state(b)),
+                     "window_calls", (int)w.outcomes, "window_failures", (int)w.failures, "window_slow", (int)w.slow,
+                     "retry_after_ms", (json_int_t)crm_breaker_retry_after_ms(b), "rejected", (json_int_t)b->rejected);
 }
 
 static void detach_unit(void *op)
@@ -300,11 +300,8 @@ int crm_ops_routes(crm_app_t *app)
         const char *pattern;
         crm_http_handler_fn fn;
     } routes[] = {
-        {"/health/live", on_live},
-        {"/health/ready", on_ready},
-        {"/health/database", on_database},
-        {"/metrics", on_metrics},
-        {"/openapi.yaml", on_openapi},
+        {"/health/live", on_live}, {"/health/ready", on_ready},   {"/health/database", on_database},
+        {"/metrics", on_metrics},  {"/openapi.yaml", on_openapi},
     };
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); ++i) {
         crm_route_t *rt = crm_router_add(&app->router, CRM_HTTP_GET, routes[i].pattern, routes[i].fn, app, &why);
