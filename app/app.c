@@ -182,6 +182,24 @@ static int build_http(crm_app_t *app, char *addr, size_t addrcap)
     return crm_http_server_listen(app->http, addr, addrcap);
 }
 
+int crm_app_print_routes(FILE *out)
+{
+    crm_app_t app;
+    memset(&app, 0, sizeof(app));
+    int err = crm_router_init(&app.router);
+    size_t public_routes = 0;
+    if (err == 0 && (err = crm_ops_routes(&app)) == 0) {
+        public_routes = crm_router_count(&app.router);
+        err = crm_diag_routes(&app);
+    }
+    for (uint32_t i = 0; err == 0 && i < crm_router_count(&app.router); ++i) {
+        const crm_route_t *rt = crm_router_route(&app.router, i);
+        fprintf(out, "%s %s%s\n", crm_http_method_name(rt->method), rt->pattern, i >= public_routes ? " test-only" : "");
+    }
+    crm_router_dispose(&app.router);
+    return err;
+}
+
 int crm_app_run(const crm_config_t *cfg)
 {
     crm_app_t app;

@@ -9,6 +9,7 @@
 #ifndef CRM_APP_H
 #define CRM_APP_H
 
+#include <stdio.h>
 #include <uv.h>
 
 #include "config.h"
@@ -53,6 +54,10 @@ struct st_crm_app_t {
         crm_pg_stmt_t echo, sleep, tenant, audit, audit_count;
     } _diag_stmts;
 };
+
+/* Prints every route crmd can register, one per line: "METHOD PATTERN" plus " test-only" for the diagnostics
+ * that exist only with CRMD_ENV=test. Used by `crmd routes` and the OpenAPI contract test. */
+int crm_app_print_routes(FILE *out);
 
 /* Runs crmd until a signal stops it; returns the exit code. The configuration must have loaded without errors. */
 int crm_app_run(const crm_config_t *config);

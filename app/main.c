@@ -4,6 +4,7 @@
  *   crmd [serve]        run the server (the default)
  *   crmd migrate        apply pending migrations and exit
  *   crmd check-config   print every configuration problem and exit non-zero if there is an error
+ *   crmd routes         print every route (METHOD PATTERN), for tooling and the OpenAPI contract test
  *   crmd --help | --version
  */
 #include <stdio.h>
@@ -21,10 +22,11 @@ extern char **environ;
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: crmd [serve | migrate | check-config | --help | --version]\n\n"
+    fprintf(out, "usage: crmd [serve | migrate | check-config | routes | --help | --version]\n\n"
                  "  serve          run the HTTP server (default); applies migrations first unless CRMD_MIGRATE=0\n"
                  "  migrate        apply pending schema migrations and exit\n"
-                 "  check-config   validate the CRMD_* environment, print every problem, exit 1 on any error\n\n"
+                 "  check-config   validate the CRMD_* environment, print every problem, exit 1 on any error\n"
+                 "  routes         print every route as METHOD PATTERN\n\n"
                  "Configuration (environment variables):\n");
     for (size_t i = 0; i < crm_config_nvars; ++i)
         fprintf(out, "  %-30s %s (default: %s)\n", crm_config_vars[i].name, crm_config_vars[i].help,
@@ -80,6 +82,8 @@ int main(int argc, char **argv)
         printf("crmd %s\n", CRMD_VERSION);
         return 0;
     }
+    if (strcmp(cmd, "routes") == 0)
+        return crm_app_print_routes(stdout) == 0 ? 0 : 1;
     int serve = strcmp(cmd, "serve") == 0, migrate = strcmp(cmd, "migrate") == 0;
     int check = strcmp(cmd, "check-config") == 0;
     if (!serve && !migrate && !check) {

@@ -206,11 +206,12 @@ static int is_hostname(const char *s, size_t len)
     return !last_all_digits;
 }
 
+/* Port 0 asks the kernel for a free port (crmd prints the one it got): tests and side-by-side instances use it. */
 static int parse_port(const char *s, uint16_t *port)
 {
     int64_t n;
 
-    if (strlen(s) > 5 || s[0] == '-' || parse_int64(s, &n) != 0 || n < 1 || n > 65535)
+    if (strlen(s) > 5 || s[0] == '-' || parse_int64(s, &n) != 0 || n < 0 || n > 65535)
         return -1;
     *port = (uint16_t)n;
     return 0;
@@ -278,7 +279,7 @@ static int parse_hostport(const char *s, char *host, size_t hostcap, uint16_t *p
         }
     }
     if (parse_port(colon + 1, port) != 0) {
-        *why = "port must be 1..65535";
+        *why = "port must be 0..65535";
         return -1;
     }
     if (hlen >= hostcap) {
