@@ -194,7 +194,8 @@ int crm_app_print_routes(FILE *out)
     }
     for (uint32_t i = 0; err == 0 && i < crm_router_count(&app.router); ++i) {
         const crm_route_t *rt = crm_router_route(&app.router, i);
-        fprintf(out, "%s %s%s\n", crm_http_method_name(rt->method), rt->pattern, i >= public_routes ? " test-only" : "");
+        fprintf(out, "%s %s%s\n", crm_http_method_name(rt->method), rt->pattern,
+                i >= public_routes ? " test-only" : "");
     }
     crm_router_dispose(&app.router);
     return err;

@@ -79,8 +79,8 @@ int crm_env_enum(crm_env_t *e, const char *var, const char *const *names, size_t
 /*
  * var (or def when unset or empty) as "host:port": host is an IPv4 literal ("0.0.0.0"), a DNS name ("localhost",
  * "api.example.com") or a bracketed IPv6 literal ("[::1]"; an unbracketed IPv6 address is refused because its
- * colons are ambiguous); port is decimal 0..65535 (0: the kernel picks a free port). On success writes host (brackets removed, so it can be handed
- * to uv_ip6_addr) and *port and returns 0.
+ * colons are ambiguous); port is decimal 0..65535 (0: the kernel picks a free port). On success writes host (brackets
+ * removed, so it can be handed to uv_ip6_addr) and *port and returns 0.
  *
  * On a bad value records an error, writes the parsed def instead (host "" and port 0 when def is NULL or bad
  * too) and returns CRM_E_CONFIG. Unset with def == NULL writes host "" and port 0 and returns 0: nothing

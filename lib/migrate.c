@@ -213,9 +213,11 @@ static int apply_one(PGconn *c, const crm_migration_t *m, crm_migrate_report_t *
     int err;
     if ((err = exec_ok(c, "BEGIN", rep, m->name)) != 0)
         return err;
-    /* After the first migration the owner role exists; run as it so that it owns what gets created. */
+    /* Once the first migration has handed the schema to the owner role, run as that role so that it owns what
+     * gets created. (The role alone is not enough: roles are cluster-wide and may predate this database.) */
     if ((err = exec_ok(c,
-                       "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'crmd_owner') THEN "
+                       "DO $$ BEGIN IF EXISTS (SELECT FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner "
+                       "WHERE n.nspname = 'crm' AND r.rolname = 'crmd_owner') THEN "
                        "EXECUTE 'SET LOCAL ROLE crmd_owner'; END IF; END $$; SET LOCAL search_path = crm, public",
                        rep, m->name)) != 0)
         goto rollback;
@@ -234,8 +236,11 @@ static int apply_one(PGconn *c, const crm_migration_t *m, crm_migrate_report_t *
     if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
         err = result_err(r);
         const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
-        fail(rep, "migration %s failed at line %d: %s", m->name,
-             line_of(m, PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION)), msg != NULL ? msg : PQerrorMessage(c));
+        int line = line_of(m, PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION));
+        if (line > 0)
+            fail(rep, "migration %s failed at line %d: %s", m->name, line, msg != NULL ? msg : PQerrorMessage(c));
+        else
+            fail(rep, "migration %s failed: %s", m->name, msg != NULL ? msg : PQerrorMessage(c));
         PQclear(r);
         goto rollback;
     }

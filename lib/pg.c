@@ -1575,14 +1575,8 @@ int crm_pg_unit_submit(crm_pg_unit_t *u, crm_pg_unit_cb cb, void *data)
         u->deadline = latest;
     if (u->deadline <= now)
         return CRM_E_DEADLINE;
-    /* Fail fast rather than wait when no connection is up and none is on its way (the database is down and every
-     * connection is backing off): a queued unit could only time out. */
-    if (!pool_can_connect_soon(pool)) {
-        ++pool->stats.rejected_unavailable;
-        return CRM_E_UNAVAILABLE;
-    }
     /* The bound covers what is waiting beyond the free pipeline slots, so a burst that the connections can take
-     * at once is never refused. */
+     * at once is never refused. Checked before the breaker: a full queue is not the database's fault. */
     size_t free_slots = 0;
     for (size_t i = 0; i < pool->cfg.size; ++i)
         if (pool->conns[i].state == CRM_PG_CONN_READY)
@@ -1595,6 +1589,14 @@ int crm_pg_unit_submit(crm_pg_unit_t *u, crm_pg_unit_cb cb, void *data)
     if (u->permit == 0) {
         ++pool->stats.rejected_breaker;
         return CRM_E_BREAKER_OPEN;
+    }
+    /* Fail fast rather than wait when no connection is up and none is on its way (the database is down and every
+     * connection is backing off): a queued unit could only time out. It is a failed call to the database, so the
+     * breaker hears of it and opens under sustained failure, after which refusals cost nothing at all. */
+    if (!pool_can_connect_soon(pool)) {
+        crm_breaker_record(&pool->breaker, u->permit, 1, 0);
+        ++pool->stats.rejected_unavailable;
+        return CRM_E_UNAVAILABLE;
     }
     u->queued_at = now;
     if (crm_timerq_start(&pool->timers, &u->timer, unit_queue_deadline(u), on_unit_timer) != 0) {

@@ -123,7 +123,9 @@ class Crmd:
 
     def __init__(self, db, env=None, args=("serve",), wait=True):
         self.db = db
-        self.env = dict(os.environ)
+        # crmd sees only the configuration the test gives it: the test's own CRMD_* variables (CRMD_BIN, ...) and
+        # the developer's are dropped.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CRMD_")}
         self.env.update(
             {
                 "CRMD_ENV": "test",
@@ -183,7 +185,7 @@ class Crmd:
             time.sleep(0.05)
         fail("crmd never became ready:\n%s" % "\n".join(self.stderr_lines[-30:]))
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
