@@ -77,7 +77,12 @@ static void rearm(crm_timerq_t *q)
     if (first == q->_armed_at)
         return;
     uint64_t now = uv_now(q->_uv.loop);
-    uv_timer_start(&q->_uv, on_uv_timer, first > now ? first - now : 0, 0);
+    /* libuv runs a timer restarted with timeout 0 from inside its own callback again in the same pass; a deadline
+     * that is already due when re-arming from on_uv_timer therefore waits one millisecond, so that the loop polls
+     * for I/O between two passes and an owner that keeps re-arming cannot starve it. */
+    uint64_t floor = q->_firing ? 1 : 0;
+    uint64_t timeout = first > now ? first - now : 0;
+    uv_timer_start(&q->_uv, on_uv_timer, timeout > floor ? timeout : floor, 0);
     q->_armed_at = first;
 }
 
@@ -86,8 +91,8 @@ static void on_uv_timer(uv_timer_t *handle)
     crm_timerq_t *q = (crm_timerq_t *)handle;
     uint64_t now = uv_now(handle->loop);
     q->_armed_at = UINT64_MAX;
-    /* Fire only what is due now: a callback that starts a timer for `now` again runs on the next iteration, so a
-     * misbehaving owner cannot spin this loop forever. */
+    q->_firing = 1;
+    /* Fire only what was due on entry: a callback that starts a timer for `now` again is not fired by this pass. */
     size_t budget = q->_size;
     while (budget-- > 0 && q->_size > 0 && q->_heap[0]->deadline <= now) {
         crm_timer_t *t = q->_heap[0];
@@ -95,6 +100,7 @@ static void on_uv_timer(uv_timer_t *handle)
         t->cb(t);
     }
     rearm(q);
+    q->_firing = 0;
 }
 
 int crm_timerq_init(uv_loop_t *loop, crm_timerq_t *q, size_t capacity)
@@ -108,6 +114,7 @@ int crm_timerq_init(uv_loop_t *loop, crm_timerq_t *q, size_t capacity)
     q->_capacity = capacity;
     q->_armed_at = UINT64_MAX;
     q->_closing = 0;
+    q->_firing = 0;
     uv_timer_init(loop, &q->_uv);
     return 0;
 }

@@ -11,7 +11,9 @@
  * a timer on a full queue fails with CRM_E_LIMIT, so the queue can never grow without bound.
  *
  * Callbacks run on the loop thread from the uv_timer callback, never from inside crm_timerq_start. A callback may
- * start or stop any timer, including its own. Not thread-safe.
+ * start or stop any timer, including its own; a timer a callback starts for a deadline already due fires after the
+ * loop has polled for I/O at least once (about a millisecond later), so no owner can starve the loop. Not
+ * thread-safe.
  */
 #ifndef CRM_TIMERQ_H
 #define CRM_TIMERQ_H
@@ -35,6 +37,7 @@ typedef struct st_crm_timerq_t {
     size_t _size, _capacity;
     uint64_t _armed_at; /* deadline the uv timer is armed for, UINT64_MAX when idle */
     int _closing;
+    int _firing; /* inside on_uv_timer */
 } crm_timerq_t;
 
 /* Initialises q on loop with room for `capacity` active timers. */

@@ -478,14 +478,15 @@ def test_request_timeout():
         t0 = time.monotonic()
         r = request(c, "GET", "/v1/_diag/sleep?ms=2000", auth())
         elapsed = time.monotonic() - t0
+        # Either the HTTP layer's timer or the pool's deadline for the unit (the same instant) answers first; both
+        # answer 504 timeout, with different details.
         doc = check_problem(r, 504, "timeout", "sleep past the deadline")
-        check("300" in doc.get("detail", ""), "504 does not name the deadline: %r" % doc.get("detail"))
         # Not before the deadline (a little slack for the loop's millisecond clock); the upper bound only has to
         # tell "at the deadline" from "when the 2 s sleep ends" on a shared machine.
         check(0.25 <= elapsed < 1.5, "504 after %.3f s, expected about 0.3 s" % elapsed)
         log("   504 after %.3f s" % elapsed)
-        event = wait_event(c, "http.request_timeout", lambda e: e.get("request_id") == doc["instance"])
-        check(event.get("route") == "/v1/_diag/sleep", "timeout event %r" % event)
+        event = wait_event(c, "http.access", lambda e: e.get("request_id") == doc["instance"])
+        check(event.get("route") == "/v1/_diag/sleep" and event.get("status") == 504, "access log %r" % event)
         # The server keeps serving, the database too (the abandoned sleep holds one pool connection at most).
         check(request(c, "GET", "/health/live").status == 200, "live after a 504")
         r = request(c, "GET", "/v1/_diag/echo?value=42", auth())
