@@ -711,8 +711,9 @@ static void filter_on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostr
         h2o_setup_next_ostream(req, slot);
         return;
     }
-    /* An error h2o produced before crmd saw the request: a malformed request, a body over the global limit. */
-    char id[37];
+    /* An error h2o produced before crmd saw the request: a malformed request, a body over the global limit. The id
+     * lives in the request's pool: h2o keeps pointers to header values until the response has been written. */
+    char *id = h2o_mem_alloc_pool(&req->pool, 37);
     crm_uuid_v4(id);
     const char *type = "bad-request", *detail = "The request could not be processed.";
     char buf[128];
@@ -739,6 +740,8 @@ static void filter_on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostr
     h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, H2O_STRLIT("application/problem+json"), 1);
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, id, strlen(id));
     h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, H2O_STRLIT("no-store"), 0);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0, NULL,
+                          H2O_STRLIT("nosniff"));
     problem_ostream_t *o = (problem_ostream_t *)h2o_add_ostream(req, sizeof(*o), slot);
     o->super.do_send = problem_ostream_send;
     o->body = body;

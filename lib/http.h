@@ -11,8 +11,10 @@
  *     the handler's pending operation is cancelled through crm_http_await's cancel function;
  *   - one JSON access-log line and metrics when the response is done (or the client gone).
  * Responses carry Content-Length (h2o_send_inline does not set it), X-Request-Id, Cache-Control: no-store and
- * X-Content-Type-Options: nosniff. Errors h2o generates itself (malformed request, body over the global limit) are
- * rewritten into problem+json too.
+ * X-Content-Type-Options: nosniff. Errors h2o generates itself once it has parsed a request (broken chunked
+ * encoding or Content-Length, a body over the global limit, an unknown Expect) are rewritten into problem+json
+ * too. A request line h2o cannot parse at all is answered by h2o's HTTP/1 parser directly with a plain-text 400
+ * and the connection closed: there is no request yet to attach anything to.
  *
  * Handler contract: a handler runs on the loop and must eventually answer exactly once with one of the
  * crm_http_respond* functions, either before it returns or later from a callback. While it waits for something

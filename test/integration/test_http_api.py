@@ -24,7 +24,6 @@ from harness import (
     TOKEN,
     Crmd,
     Database,
-    arequest,
     auth,
     build_request,
     check,
@@ -170,7 +169,8 @@ def test_request_id():
     for rid in sane:
         r = request(c, "GET", "/health/live", {"x-request-id": rid})
         check(r.status == 200, "request id %r: status %d" % (rid, r.status))
-        check(r.headers.get("x-request-id") == rid, "sane id %r was replaced by %r" % (rid, r.headers.get("x-request-id")))
+        got = r.headers.get("x-request-id")
+        check(got == rid, "sane id %r was replaced by %r" % (rid, got))
     # The client's id also becomes the problem's instance.
     r = request(c, "GET", "/no/such/thing", {"x-request-id": "abc-123.x:y_z"})
     doc = check_problem(r, 404, "not-found", "404 with client id")
@@ -337,7 +337,7 @@ def test_json_syntax_errors():
     doc = check_problem(post_audit(c, body), 400, "invalid-json", "missing comma")
     e = doc["errors"][0]
     check(e.get("field") == "body", "missing comma: field %r" % e.get("field"))
-    check((e.get("line"), e.get("column")) == (3, 5), "missing comma: line/column %r/%r" % (e.get("line"), e.get("column")))
+    check((e.get("line"), e.get("column")) == (3, 5), "missing comma: line/column %r" % e)
     # lib/json.h: for syntax errors, position is the offset just past the token jansson was looking at.
     check(e.get("position") == body.index('"b"') + 3, "missing comma: position %r" % e.get("position"))
     check("line 3" in doc.get("detail", ""), "missing comma: detail %r" % doc.get("detail"))
@@ -361,7 +361,7 @@ def test_json_syntax_errors():
 def test_json_depth():
     c = main_crmd()
     # 32 levels is the limit (lib/json.h): parsed, then refused by the handler for having no tenant_id.
-    doc = check_problem(post_audit(c, "[" * 32 + "]" * 32), 400, "validation-failed", "depth 32")
+    check_problem(post_audit(c, "[" * 32 + "]" * 32), 400, "validation-failed", "depth 32")
     doc = check_problem(post_audit(c, "[" * 33 + "]" * 33), 400, "json-limit-exceeded", "depth 33")
     e = doc["errors"][0]
     check("32" in e.get("message", ""), "depth 33: message does not name the limit: %r" % e)
