@@ -56,6 +56,7 @@ struct st_crm_pg_unit_t {
     unsigned flags;
     unit_state_t state;
     int detached;
+    int answered; /* the caller already had CRM_E_DEADLINE (answer_early); the answers still due are discarded */
     crm_pg_unit_cb cb;
     void *data;
     crm_timer_t timer; /* queue wait, then the client-side backstop */
@@ -616,6 +617,7 @@ static void conn_close_pg(pg_conn_t *c)
 }
 
 static void on_conn_timer(crm_timer_t *t);
+static void on_notice(void *arg, const PGresult *r);
 
 static void conn_begin_connect(pg_conn_t *c)
 {
@@ -648,6 +650,7 @@ static void conn_begin_connect(pg_conn_t *c)
         conn_fail(c, CRM_E_NOMEM, "out of memory", NULL);
         return;
     }
+    PQsetNoticeReceiver(c->pg, on_notice, c);
     if (PQstatus(c->pg) == CONNECTION_BAD || PQsetnonblocking(c->pg, 1) != 0) {
         conn_fail(c, CRM_E_UNAVAILABLE, PQerrorMessage(c->pg), NULL);
         return;
@@ -659,6 +662,21 @@ static void conn_begin_connect(pg_conn_t *c)
 }
 
 static void resolve_next(pg_conn_t *c);
+
+/* Server notices and warnings (and the FATAL message of a terminated connection) go to the JSON log instead of
+ * libpq's default, which prints free text on stderr. */
+static void on_notice(void *arg, const PGresult *r)
+{
+    pg_conn_t *c = arg;
+    const char *severity = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    char line[512];
+    one_line(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), line, sizeof(line));
+    int serious = severity != NULL && (strcmp(severity, "WARNING") == 0 || strcmp(severity, "ERROR") == 0 ||
+                                       strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0);
+    crm_log(serious ? CRM_LOG_WARN : CRM_LOG_DEBUG, "pg.notice", CRM_LOG_UINT("conn", c->index),
+            CRM_LOG_STR("severity", severity), CRM_LOG_STR("sqlstate", PQresultErrorField(r, PG_DIAG_SQLSTATE)),
+            CRM_LOG_STR("message", line));
+}
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
@@ -851,7 +869,8 @@ static void on_poll(uv_poll_t *handle, int status, int events)
         return;
     }
     if (status < 0) {
-        conn_fail(c, CRM_E_UNAVAILABLE, uv_strerror(status), NULL);
+        /* libuv only says that the socket is in error; reading makes libpq find out why and say so. */
+        conn_process(c);
         return;
     }
     if ((events & UV_WRITABLE) != 0 && conn_flush(c) != 0) {
@@ -1132,9 +1151,10 @@ static int send_unit(pg_conn_t *c, crm_pg_unit_t *u)
     crm_pg_pool_t *pool = c->pool;
     uint64_t now = now_ms(pool);
     uint64_t remaining = u->deadline > now ? u->deadline - now : 1;
-    /* The server-side half of the deadline: only when the unit has less time left than the connection's default
-     * statement_timeout does it cost an extra statement. */
-    int short_deadline = remaining < pool->cfg.statement_timeout_ms;
+    /* The server-side half of the deadline costs an extra statement, so it is sent only when the connection's
+     * default statement_timeout would fire well after the unit's deadline: later than half the backstop's grace.
+     * A unit that merely waited a few milliseconds for a connection runs without it. */
+    int short_deadline = remaining + pool->cfg.backstop_grace_ms / 2 < pool->cfg.statement_timeout_ms;
     int has_tenant = u->tenant[0] != '\0';
     char timeout_text[24];
     snprintf(timeout_text, sizeof(timeout_text), "%llu", (unsigned long long)remaining);
@@ -1281,6 +1301,12 @@ static void unit_finish(crm_pg_unit_t *u, int err)
     crm_pg_pool_t *pool = u->pool;
     crm_timerq_stop(&pool->timers, &u->timer);
     u->state = UNIT_NEW;
+    if (u->answered) {
+        /* Its outcome was counted and its caller answered when its deadline passed (answer_early). */
+        unit_clear_results(u);
+        crm_pg_unit_free(u);
+        return;
+    }
     uint64_t duration_ms = 0;
     if (u->sent_at_ns != 0) {
         uint64_t ns = uv_hrtime() - u->sent_at_ns;
@@ -1317,6 +1343,22 @@ static void unit_finish(crm_pg_unit_t *u, int err)
         u->cb(u, err, u->data);
     unit_clear_results(u);
     crm_pg_unit_free(u);
+}
+
+/* Answers a unit that is still in a connection's pipeline with CRM_E_DEADLINE, counted as unit_finish would count
+ * it. The unit stays in the pipeline, detached, until its answers arrive (the server runs it with its own short
+ * statement_timeout), and is then freed without a second callback or a second breaker outcome. */
+static void answer_early(crm_pg_unit_t *u)
+{
+    crm_pg_pool_t *pool = u->pool;
+    ++pool->stats.deadline_expiries;
+    ++pool->stats.completed;
+    crm_breaker_record(&pool->breaker, u->permit, 1, (uv_hrtime() - u->sent_at_ns) / 1000000);
+    u->answered = 1;
+    int detached = u->detached;
+    u->detached = 1;
+    if (!detached && u->cb != NULL)
+        u->cb(u, CRM_E_DEADLINE, u->data);
 }
 
 static int unit_result_err(const crm_pg_unit_t *u)
@@ -1387,9 +1429,16 @@ static uint64_t backoff_delay(const crm_pg_pool_t *pool, unsigned failures)
 
 static int pool_can_connect_soon(const crm_pg_pool_t *pool)
 {
+    uint64_t now = now_ms(pool);
     for (size_t i = 0; i < pool->cfg.size; ++i) {
-        crm_pg_conn_state_t s = pool->conns[i].state;
-        if (s == CRM_PG_CONN_READY || s == CRM_PG_CONN_CONNECTING || s == CRM_PG_CONN_PREPARING)
+        const pg_conn_t *c = &pool->conns[i];
+        if (c->state == CRM_PG_CONN_READY || c->state == CRM_PG_CONN_CONNECTING || c->state == CRM_PG_CONN_PREPARING)
+            return 1;
+        /* A connection in BACKOFF whose next attempt is already due (recycled after a client backstop, which
+         * reconnects at once, or a jittered backoff that came out as zero) starts connecting on the next loop
+         * iteration: it is on its way. Without this, recycling the only connection of a pool failed the read-only
+         * units conn_fail had just requeued for it, and everything waiting in the queue, with CRM_E_UNAVAILABLE. */
+        if (c->state == CRM_PG_CONN_BACKOFF && crm_timer_is_active(&c->timer) && c->timer.deadline <= now)
             return 1;
     }
     return 0;
@@ -1483,9 +1532,18 @@ static void on_unit_timer(crm_timer_t *t)
         unit_finish(u, CRM_E_QUEUE_TIMEOUT);
         return;
     }
+    assert(u->state == UNIT_IN_FLIGHT);
+    /* Answers arrive in pipeline order, so the server is working on the head unit. If that is not this one and the
+     * head is still within its own deadline, the connection is busy, not stuck: this unit has not even started.
+     * Recycling would fail every unit on the connection (writes with an unknown outcome) for one short deadline, so
+     * answer this unit alone; the head's own backstop still catches a connection that really is stuck. */
+    pg_conn_t *c = u->conn;
+    if (c->head != u && c->head->deadline + pool->cfg.backstop_grace_ms > now_ms(pool)) {
+        answer_early(u);
+        return;
+    }
     /* In flight past deadline + grace: the server did not enforce statement_timeout (stuck server, dead network,
      * or a unit whose statements each stayed under it). The connection's state is unknown; recycle it. */
-    assert(u->state == UNIT_IN_FLIGHT);
     crm_log(CRM_LOG_WARN, "pg.deadline_backstop", CRM_LOG_UINT("conn", u->conn->index));
     conn_fail(u->conn, CRM_E_DEADLINE, "query ran past its deadline; connection recycled", u);
 }

@@ -170,9 +170,10 @@ int crm_pg_unit_add(crm_pg_unit_t *unit, crm_pg_stmt_t stmt, int nparams, const 
  *   CRM_E_QUEUE_TIMEOUT  no connection became free within queue_timeout_ms (or the deadline);
  *   CRM_E_UNAVAILABLE    the connection was lost (for a writing unit the outcome is then unknown) or none exists;
  *   CRM_E_SHUTDOWN       the pool is closing.
- * Results are readable inside the callback only. On a negative return (CRM_E_QUEUE_FULL, CRM_E_BREAKER_OPEN,
- * CRM_E_UNAVAILABLE, CRM_E_SHUTDOWN, CRM_E_INVAL for an empty unit) nothing was sent, cb never runs and the
- * caller still owns the unit. */
+ * Results are readable inside the callback only. On a negative return nothing was sent, cb never runs and the
+ * caller still owns the unit: CRM_E_QUEUE_FULL (every pipeline slot and the wait queue are taken), CRM_E_BREAKER_OPEN,
+ * CRM_E_UNAVAILABLE (no connection is up or on its way; counted by the breaker as a failed call),
+ * CRM_E_DEADLINE (the deadline has already passed), CRM_E_SHUTDOWN, CRM_E_INVAL (empty unit, no callback). */
 int crm_pg_unit_submit(crm_pg_unit_t *unit, crm_pg_unit_cb cb, void *data);
 
 /* Detaches a submitted unit from its caller (for example, the HTTP request it served has gone away): its

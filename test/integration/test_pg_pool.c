@@ -1,10 +1,16 @@
 /*
  * Pool-level integration test of lib/pg.c against a real PostgreSQL (DESIGN.md §7: PostgreSQL is real everywhere).
  *
+ * Scenarios: 1 many concurrent units (no cross-wiring), 2 queue overflow, 3 queue timeout, 4 server-side deadline,
+ * 5 client-side backstop, 6 isolation of units in one pipeline and a transaction-local tenant, 7 database down and
+ * back under load (breaker), 8 detach and close, 9 statements that do not prepare, 10 large parameters and results
+ * and many statements per unit, 11 a server that accepts connections but never answers.
+ *
  * The test creates its own throwaway cluster with test/tools/pg.sh in a private directory under /tmp (it has to:
- * scenario 7 stops and restarts the server, and scenario 5 stops a backend process with SIGSTOP), talks to it over
+ * scenario 7 stops and restarts the server, scenarios 5 and 11 stop server processes with SIGSTOP), talks to it over
  * the cluster's unix socket as the superuser, and removes it on every way out: normal exit, failed check (exit),
- * abort (sanitizers), SIGTERM from the test runner's timeout, and SIGINT.
+ * abort (sanitizers), SIGTERM from the test runner's timeout, SIGINT and SIGHUP. SIGSTOP needs the right to signal
+ * the server's processes: run it as root (the server then runs as postgres) or as the user who owns the cluster.
  *
  * Every scenario runs on a fresh uv_loop_t and ends by closing its pool and asserting uv_loop_close() == 0, so a
  * handle the pool forgot to close fails the test. The test code drives the loop itself (uv_run UV_RUN_ONCE until a
@@ -12,7 +18,8 @@
  * running, or on the libuv thread pool when PostgreSQL must stop or start under load.
  *
  * Environment: CRMD_SOURCE_ROOT, the repository root (for test/tools/pg.sh); PGPORT (optional) names the socket.
- * Figures (latencies, counts) are printed as "figure:" lines on stdout.
+ * Arguments: scenario numbers to run only those (`test_pg_pool 5 7`); none runs all. Figures (latencies, counts)
+ * are printed as "figure:" lines on stdout.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -74,7 +81,8 @@ static char g_pgsh[4096];
 static char g_dir[64];
 static char g_conninfo[512];
 static volatile sig_atomic_t g_cleaned;
-/* A backend stopped by scenario 5: resumed on any exit, or PostgreSQL could not shut it down. */
+/* A server process stopped with SIGSTOP (scenario 5: a backend, 11: the postmaster): resumed on any exit, or
+ * PostgreSQL could not shut down. */
 static volatile pid_t g_stopped_backend;
 
 /* Runs argv (argv[0] is a path) and returns its exit status, or -1. Only fork, open, dup2, execv, _exit and waitpid:
@@ -149,9 +157,17 @@ static void cluster_setup(void)
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_fatal_signal;
     sigemptyset(&sa.sa_mask);
-    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGABRT, SIGSEGV, SIGBUS};
+    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGABRT};
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); ++i)
         sigaction(sigs[i], &sa, NULL);
+    /* Crashes: only where nobody else handles them. AddressSanitizer's handler reports the crash and then aborts,
+     * which reaches the SIGABRT handler above. */
+    int crashes[] = {SIGSEGV, SIGBUS};
+    for (size_t i = 0; i < sizeof(crashes) / sizeof(crashes[0]); ++i) {
+        struct sigaction old;
+        if (sigaction(crashes[i], NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_DFL)
+            sigaction(crashes[i], &sa, NULL);
+    }
     /* Durability is not under test; this makes initdb and the inserts fast on a shared machine. */
     setenv("PG_FSYNC", "off", 1);
     setenv("PG_SYNCHRONOUS_COMMIT", "off", 1);
@@ -229,7 +245,7 @@ static void run_for(env_t *e, double ms)
 /* ---- pools, units, results ---- */
 
 typedef struct {
-    crm_pg_stmt_t dbl, sleep, pid, one, setting, div, ins, list, bad;
+    crm_pg_stmt_t dbl, sleep, pid, one, setting, timeout, echo, div, ins, list, bad;
 } stmts_t;
 
 enum {
@@ -265,6 +281,9 @@ static crm_pg_pool_t *pool_new(env_t *e, const crm_pg_config_t *cfg, stmts_t *s,
     CHECK(crm_pg_pool_prepare(p, "one", "SELECT 1", 0, &s->one) == 0, "prepare one");
     CHECK(crm_pg_pool_prepare(p, "setting", "SELECT current_setting('app.tenant_id', true)", 0, &s->setting) == 0,
           "prepare setting");
+    CHECK(crm_pg_pool_prepare(p, "timeout", "SELECT current_setting('statement_timeout')", 0, &s->timeout) == 0,
+          "prepare timeout");
+    CHECK(crm_pg_pool_prepare(p, "echo", "SELECT $1::text", 1, &s->echo) == 0, "prepare echo");
     CHECK(crm_pg_pool_prepare(p, "div", "SELECT 1 / $1::int", 1, &s->div) == 0, "prepare div");
     if (with & WITH_TABLE) {
         CHECK(crm_pg_pool_prepare(p, "ins", "INSERT INTO t (x) VALUES ($1::int)", 1, &s->ins) == 0, "prepare ins");
@@ -322,8 +341,9 @@ typedef struct {
     int error_index;
     int has_value, is_null;
     char value[128];
-    unsigned seq; /* completion order across the scenario */
-    long expect;  /* scenario 1: the value the unit must get back */
+    char value0[128]; /* the first statement's, when the unit has several */
+    unsigned seq;     /* completion order across the scenario */
+    long expect;      /* scenario 1: the value the unit must get back */
 } rec_t;
 
 static unsigned g_seq;
@@ -347,6 +367,9 @@ static void on_rec(crm_pg_unit_t *u, int err, void *data)
         r->is_null = PQgetisnull(res, 0, 0);
         snprintf(r->value, sizeof(r->value), "%s", PQgetvalue(res, 0, 0));
     }
+    res = crm_pg_unit_result(u, 0);
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) >= 1 && PQnfields(res) >= 1)
+        snprintf(r->value0, sizeof(r->value0), "%s", PQgetvalue(res, 0, 0));
 }
 
 static void submit_ok(crm_pg_unit_t *u, rec_t *r)
@@ -372,6 +395,18 @@ static rec_t run_unit(env_t *e, crm_pg_pool_t *p, unsigned flags, crm_pg_stmt_t 
     return r;
 }
 
+/* A statement_timeout as PostgreSQL shows it, in its largest exact unit ("5s", "4999ms"), in ms; -1 if neither. */
+static long setting_ms(const char *v)
+{
+    char *end = NULL;
+    long n = strtol(v, &end, 10);
+    if (end == v)
+        return -1;
+    if (strcmp(end, "s") == 0)
+        return n * 1000;
+    return strcmp(end, "ms") == 0 ? n : -1;
+}
+
 static long backend_pid(env_t *e, crm_pg_pool_t *p, const stmts_t *s)
 {
     rec_t r = run_unit(e, p, 0, s->pid, NULL);
@@ -381,7 +416,42 @@ static long backend_pid(env_t *e, crm_pg_pool_t *p, const stmts_t *s)
 
 /* ---- 1. many concurrent units, no cross-wiring ---- */
 
-#define S1_UNITS 2000
+#define S1_UNITS  2000
+#define S1_CHAINS 64
+#define S1_LINKS  16
+
+typedef struct {
+    crm_pg_pool_t *pool;
+    crm_pg_stmt_t stmt;
+    int id, done, bad;
+    int in_callback; /* set while this chain's callback runs: the next link's callback must not run inside it */
+} chain_t;
+
+static void chain_next(chain_t *c);
+
+static void on_chain(crm_pg_unit_t *u, int err, void *data)
+{
+    chain_t *c = data;
+    CHECK(!c->in_callback, "chain %d: a callback ran from inside crm_pg_unit_submit", c->id);
+    PGresult *r = crm_pg_unit_result(u, 0);
+    long want = 2L * (c->id * 1000 + c->done);
+    if (err != 0 || r == NULL || PQntuples(r) != 1 || strtol(PQgetvalue(r, 0, 0), NULL, 10) != want)
+        ++c->bad;
+    ++c->done;
+    c->in_callback = 1;
+    if (c->done < S1_LINKS)
+        chain_next(c);
+    c->in_callback = 0;
+}
+
+static void chain_next(chain_t *c)
+{
+    char v[24];
+    snprintf(v, sizeof(v), "%d", c->id * 1000 + c->done);
+    crm_pg_unit_t *u = unit_one(c->pool, 0, c->stmt, v);
+    int rc = crm_pg_unit_submit(u, on_chain, c);
+    CHECK(rc == 0, "chain %d: submit %s", c->id, crm_err_name(rc));
+}
 
 static void scenario_concurrency(void)
 {
@@ -437,6 +507,23 @@ static void scenario_concurrency(void)
     CHECK(peak_in_flight > 4, "peak in-flight %zu: units were not pipelined", peak_in_flight);
     printf("figure: %d units in %.1f ms (%.0f units/s), slowest unit %.1f ms, peak in flight %zu\n", S1_UNITS, elapsed,
            S1_UNITS / (elapsed / 1000.0), max_ms, peak_in_flight);
+
+    /* Units submitted from callbacks: 64 chains of 16 units, each link submitted by the previous one's callback. */
+    static chain_t chains[S1_CHAINS];
+    memset(chains, 0, sizeof(chains));
+    t0 = uv_hrtime();
+    for (int i = 0; i < S1_CHAINS; ++i) {
+        chains[i].pool = p;
+        chains[i].stmt = s.dbl;
+        chains[i].id = i;
+        chain_next(&chains[i]);
+    }
+    RUN_UNTIL(&e, stats(p).completed == S1_UNITS + S1_CHAINS * S1_LINKS, 30000);
+    for (int i = 0; i < S1_CHAINS; ++i)
+        CHECK(chains[i].done == S1_LINKS && chains[i].bad == 0, "chain %d: %d links done, %d wrong", i, chains[i].done,
+              chains[i].bad);
+    printf("figure: %d chains of %d units submitted from callbacks done in %.1f ms\n", S1_CHAINS, S1_LINKS,
+           ms_since(t0));
     pool_close(&e, p);
     env_close(&e);
 }
@@ -464,7 +551,7 @@ static int fill_until_refused(crm_pg_pool_t *p, const stmts_t *s, rec_t *recs, i
         CHECK(rc == CRM_E_QUEUE_FULL, "refusal was %s, expected queue_full", crm_err_name(rc));
         CHECK(dt < 1.0, "the refusal took %.3f ms (must be < 1 ms)", dt);
         CHECK(recs[i].calls == 0, "the refused unit's callback ran inside submit");
-        printf("figure: refusal after %d accepted took %.3f ms\n", i, dt);
+        printf("figure: refusal after %d accepted took %.1f us\n", i, dt * 1000.0);
         /* The caller still owns a refused unit. */
         crm_pg_unit_free(u);
         return i;
@@ -564,31 +651,78 @@ static void scenario_server_deadline(void)
     long pid1 = backend_pid(&e, p, &s);
     crm_pg_stats_t s0 = stats(p);
 
-    rec_t r;
-    memset(&r, 0, sizeof(r));
-    crm_pg_unit_t *u = unit_one(p, 0, s.sleep, "3");
-    uv_update_time(&e.loop);
-    crm_pg_unit_set_deadline(u, uv_now(&e.loop) + 300);
-    submit_ok(u, &r);
-    RUN_UNTIL(&e, r.calls > 0, 5000);
-    double ms = rec_ms(&r);
-    CHECK(r.err == CRM_E_DEADLINE, "pg_sleep(3) with a 300 ms deadline completed %s", crm_err_name(r.err));
-    CHECK(strcmp(r.sqlstate, "57014") == 0, "sqlstate '%s', expected 57014 (server statement_timeout)", r.sqlstate);
-    CHECK(ms >= 280 && ms < 1000, "deadline answered after %.1f ms, expected ~300 (< 1000)", ms);
+    /* Plain units end in an implicit transaction, CRM_PG_TX ones in COMMIT after the Sync: both must get the
+     * shortened statement_timeout, and both must leave the connection usable for the unit pipelined behind. */
+    static const unsigned shapes[] = {0, CRM_PG_TX};
+    double ms[2];
+    for (size_t k = 0; k < 2; ++k) {
+        rec_t r, behind;
+        memset(&r, 0, sizeof(r));
+        memset(&behind, 0, sizeof(behind));
+        crm_pg_unit_t *u = unit_one(p, shapes[k], s.sleep, "3");
+        uv_update_time(&e.loop);
+        crm_pg_unit_set_deadline(u, uv_now(&e.loop) + 300);
+        submit_ok(u, &r);
+        submit_ok(unit_one(p, 0, s.dbl, "21"), &behind);
+        RUN_UNTIL(&e, r.calls > 0 && behind.calls > 0, 5000);
+        ms[k] = rec_ms(&r);
+        CHECK(r.err == CRM_E_DEADLINE, "%s pg_sleep(3) with a 300 ms deadline completed %s", k ? "tx" : "plain",
+              crm_err_name(r.err));
+        CHECK(strcmp(r.sqlstate, "57014") == 0, "sqlstate '%s', expected 57014 (server statement_timeout)", r.sqlstate);
+        CHECK(r.error_index == 0, "error index %d, expected 0", r.error_index);
+        CHECK(ms[k] >= 280 && ms[k] < 1000, "deadline answered after %.1f ms, expected ~300 (< 1000)", ms[k]);
+        CHECK(behind.err == 0 && strcmp(behind.value, "42") == 0, "the unit pipelined behind: err %s value '%s'",
+              crm_err_name(behind.err), behind.value);
+        CHECK(r.seq < behind.seq, "answers out of order");
+    }
     crm_pg_stats_t s1 = stats(p);
     CHECK(s1.conn_failures == s0.conn_failures, "conn_failures %llu -> %llu: the connection was recycled",
           (unsigned long long)s0.conn_failures, (unsigned long long)s1.conn_failures);
-    CHECK(s1.deadline_expiries == s0.deadline_expiries + 1, "deadline_expiries %llu -> %llu",
+    CHECK(s1.deadline_expiries == s0.deadline_expiries + 2, "deadline_expiries %llu -> %llu",
           (unsigned long long)s0.deadline_expiries, (unsigned long long)s1.deadline_expiries);
 
-    rec_t after = run_unit(&e, p, 0, s.dbl, "21");
-    CHECK(after.err == 0 && strcmp(after.value, "42") == 0, "the next unit: err %s value '%s'", crm_err_name(after.err),
-          after.value);
+    /* A short deadline behind a long unit in the same pipeline: the server has not started the short one when its
+     * deadline passes, because it is busy, within its deadline, with the long one. The caller is answered
+     * CRM_E_DEADLINE by the backstop, but the connection is not stuck: the long unit must complete normally and
+     * the connection must stay. */
+    rec_t lng, shrt;
+    memset(&lng, 0, sizeof(lng));
+    memset(&shrt, 0, sizeof(shrt));
+    submit_ok(unit_one(p, 0, s.sleep, "1"), &lng);
+    crm_pg_unit_t *su = unit_one(p, CRM_PG_READ_ONLY, s.dbl, "8");
+    uv_update_time(&e.loop);
+    crm_pg_unit_set_deadline(su, uv_now(&e.loop) + 300);
+    submit_ok(su, &shrt);
+    RUN_UNTIL(&e, lng.calls > 0 && shrt.calls > 0, 5000);
+    double shrt_ms = rec_ms(&shrt);
+    CHECK(shrt.err == CRM_E_DEADLINE, "the short unit behind a 1 s one completed %s", crm_err_name(shrt.err));
+    CHECK(shrt_ms >= 295 && shrt_ms <= 300 + cfg.backstop_grace_ms + 100,
+          "the short unit was answered after %.1f ms, expected by its deadline + grace", shrt_ms);
+    CHECK(lng.err == 0, "the 1 s unit ahead of it completed %s: an innocent unit was failed", crm_err_name(lng.err));
+    CHECK(stats(p).conn_failures == s0.conn_failures, "the busy (not stuck) connection was recycled");
+    run_for(&e, 20);
+    CHECK(stats(p).in_flight == 0 && stats(p).completed == stats(p).submitted, "in flight %zu, completed %llu of %llu",
+          stats(p).in_flight, (unsigned long long)stats(p).completed, (unsigned long long)stats(p).submitted);
+    CHECK(shrt.calls == 1, "the short unit was called back %d times", shrt.calls);
+    printf("figure: a 300 ms unit behind a 1 s one answered deadline after %.1f ms; the 1 s unit ok after %.1f ms\n",
+           shrt_ms, rec_ms(&lng));
+
+    /* The shortened timeout was transaction-local: the connection's default is back, and a unit without a deadline
+     * of its own may run longer than the 300 ms of the units above. */
+    /* (The unit reading it may itself carry its remaining time, a few ms under the 5 s default, if it was sent in
+     * a later loop iteration than it was submitted in.) */
+    rec_t st = run_unit(&e, p, 0, s.timeout, NULL);
+    CHECK(st.err == 0 && setting_ms(st.value) > 4500 && setting_ms(st.value) <= 5000,
+          "statement_timeout after the deadline units: '%s', expected the 5 s default", st.value);
+    rec_t longer = run_unit(&e, p, 0, s.sleep, "0.5");
+    CHECK(longer.err == 0, "pg_sleep(0.5) without a deadline completed %s (sqlstate %s)", crm_err_name(longer.err),
+          longer.sqlstate);
     long pid2 = backend_pid(&e, p, &s);
     CHECK(pid2 == pid1, "backend pid %ld -> %ld: not the same connection", pid1, pid2);
     CHECK(stats(p).conn_failures == s0.conn_failures, "conn_failures changed");
-    printf("figure: server-side deadline answered in %.1f ms (sqlstate %s), same backend %ld serves on\n", ms,
-           r.sqlstate, pid1);
+    printf("figure: server-side deadline answered in %.1f ms (plain) and %.1f ms (tx), sqlstate 57014; same backend "
+           "%ld serves on\n",
+           ms[0], ms[1], pid1);
     pool_close(&e, p);
     env_close(&e);
 }
@@ -615,6 +749,15 @@ static void scenario_backstop(void)
     uv_update_time(&e.loop);
     crm_pg_unit_set_deadline(u, uv_now(&e.loop) + 300);
     submit_ok(u, &r);
+    /* Pipelined behind it on the same stuck connection: a read-only unit, which the pool must re-run on the new
+     * connection, and a writing one, whose outcome is unknown once the connection is dropped. */
+    rec_t ro, wr;
+    memset(&ro, 0, sizeof(ro));
+    memset(&wr, 0, sizeof(wr));
+    submit_ok(unit_one(p, CRM_PG_READ_ONLY, s.dbl, "5"), &ro);
+    submit_ok(unit_one(p, 0, s.dbl, "6"), &wr);
+    RUN_UNTIL(&e, stats(p).in_flight == 3 || r.calls > 0, 2000);
+    CHECK(stats(p).in_flight == 3, "in flight %zu, expected 3 units on the stopped backend", stats(p).in_flight);
     RUN_UNTIL(&e, r.calls > 0, 5000);
     double ms = rec_ms(&r);
     double expect = 300.0 + (double)cfg.backstop_grace_ms;
@@ -628,6 +771,13 @@ static void scenario_backstop(void)
     uint64_t t0 = uv_hrtime();
     RUN_UNTIL(&e, stats(p).conns[CRM_PG_CONN_READY] == 1 && stats(p).reconnects > s0.reconnects, 5000);
     double reconnect_ms = ms_since(t0);
+    RUN_UNTIL(&e, ro.calls > 0 && wr.calls > 0, 5000);
+    CHECK(wr.err == CRM_E_UNAVAILABLE, "the writing unit behind the stuck one completed %s, expected unavailable",
+          crm_err_name(wr.err));
+    CHECK(ro.err == 0 && strcmp(ro.value, "10") == 0,
+          "the read-only unit behind the stuck one completed %s (value '%s'); it must be re-run on the new connection",
+          crm_err_name(ro.err), ro.value);
+    CHECK(stats(p).requeued == s0.requeued + 1, "requeued %llu", (unsigned long long)stats(p).requeued);
 
     rec_t after = run_unit(&e, p, 0, s.dbl, "21");
     CHECK(after.err == 0 && strcmp(after.value, "42") == 0, "the next unit: err %s value '%s'", crm_err_name(after.err),
@@ -657,7 +807,8 @@ static void scenario_isolation(void)
 {
     env_t e;
     env_init(&e, "6 isolation in one pipeline");
-    CHECK(psql("DROP TABLE IF EXISTS t; CREATE TABLE t (x int PRIMARY KEY)") == 0, "psql: CREATE TABLE t failed");
+    CHECK(psql("SET client_min_messages = warning; DROP TABLE IF EXISTS t; CREATE TABLE t (x int PRIMARY KEY)") == 0,
+          "psql: CREATE TABLE t failed");
     stmts_t s;
     crm_pg_config_t cfg;
     config(&cfg, 1, 128, 64);
@@ -722,6 +873,23 @@ static void scenario_isolation(void)
           crm_err_name(r1.err), r1.value);
     CHECK(r2.err == 0 && strcmp(r2.value, t2) == 0, "CRM_PG_TX tenant unit: err %s, app.tenant_id '%s'",
           crm_err_name(r2.err), r2.value);
+    /* Tenant and a deadline shorter than the default statement_timeout travel in one setup statement. */
+    rec_t both;
+    memset(&both, 0, sizeof(both));
+    crm_pg_unit_t *u3 = unit_one(p, 0, s.timeout, NULL);
+    unit_append(u3, s.setting, NULL);
+    CHECK(crm_pg_unit_set_tenant(u3, t1) == 0, "set_tenant");
+    uv_update_time(&e.loop);
+    crm_pg_unit_set_deadline(u3, uv_now(&e.loop) + 2000);
+    submit_ok(u3, &both);
+    RUN_UNTIL(&e, both.calls > 0, 5000);
+    long tmo = setting_ms(both.value0);
+    CHECK(both.err == 0 && strcmp(both.value, t1) == 0, "tenant + deadline unit: err %s, app.tenant_id '%s'",
+          crm_err_name(both.err), both.value);
+    CHECK(tmo > 1500 && tmo <= 2000, "statement_timeout inside a unit with a 2000 ms deadline: '%s'", both.value0);
+    rec_t n3 = run_unit(&e, p, 0, s.setting, NULL);
+    CHECK(n3.err == 0 && (n3.is_null || n3.value[0] == '\0'), "app.tenant_id leaked into the next unit: '%s'",
+          n3.value);
     CHECK(stats(p).conns[CRM_PG_CONN_READY] == 1 && stats(p).conn_failures == 0, "one connection served everything");
     printf("figure: A=%s/%s@%d B=ok C=%s/%s@%d D=ok, t={2,4}; tenant after tenant unit: %s\n", crm_err_name(a.err),
            a.sqlstate, a.error_index, crm_err_name(c.err), c.sqlstate, c.error_index, n1.is_null ? "NULL" : "''");
@@ -776,7 +944,7 @@ typedef struct {
     uv_timer_t timer;
     int phase;
     int submitting;
-    uint64_t outstanding;
+    uint64_t n, outstanding;
     /* Outcomes by phase at completion and kind (index -err); refusals by phase and kind. */
     uint64_t done[NPHASES][NKINDS], refused[NPHASES][NKINDS];
     uint64_t db_states[4]; /* CRM_E_DB after the stop: 57P01, 57P02, 57P03, other */
@@ -842,7 +1010,9 @@ static void on_load_timer(uv_timer_t *t)
     int open = crm_breaker_state(b) == CRM_BREAKER_OPEN;
     if (open && l->open_seen_ns == 0)
         l->open_seen_ns = uv_hrtime();
-    crm_pg_unit_t *u = unit_one(l->pool, CRM_PG_READ_ONLY, l->stmts->one, NULL);
+    /* Read-only and writing units alternate: when a connection is lost, the former may be re-run elsewhere, the
+     * latter must be answered. */
+    crm_pg_unit_t *u = unit_one(l->pool, (l->n++ & 1) ? CRM_PG_READ_ONLY : 0, l->stmts->one, NULL);
     load_unit_t *lu = malloc(sizeof(*lu));
     CHECK(lu != NULL, "malloc");
     lu->load = l;
@@ -988,6 +1158,31 @@ static void scenario_database_down(void)
 
 /* ---- 8. detach and close ---- */
 
+typedef struct {
+    crm_pg_pool_t *pool;
+    int calls, err, closed;
+    char value[32];
+} closer_t;
+
+static void on_closer_closed(void *data)
+{
+    ++((closer_t *)data)->closed;
+}
+
+static void on_close_in_callback(crm_pg_unit_t *u, int err, void *data)
+{
+    closer_t *c = data;
+    ++c->calls;
+    c->err = err;
+    PGresult *r = crm_pg_unit_result(u, 0);
+    if (err == 0 && r != NULL && PQntuples(r) == 1)
+        snprintf(c->value, sizeof(c->value), "%s", PQgetvalue(r, 0, 0));
+    crm_pg_pool_close(c->pool, on_closer_closed, c);
+    /* The unit's results stay readable after the close call: nothing is torn down under the callback. */
+    r = crm_pg_unit_result(u, 0);
+    CHECK(err != 0 || (r != NULL && strcmp(PQgetvalue(r, 0, 0), c->value) == 0), "result gone after close");
+}
+
 static void scenario_detach_close(void)
 {
     env_t e;
@@ -1066,6 +1261,41 @@ static void scenario_detach_close(void)
     CHECK(closed == 1 && never == 0, "on_closed %d, refused unit's callback %d", closed, never);
     printf("figure: close with 2 in flight + 3 queued finished in %.1f ms\n", close_ms);
     env_close(&e);
+
+    /* Closing from inside a unit's callback, with more units pipelined behind it on the same connection: the
+     * connection must not be torn down under the callback, and the rest end with CRM_E_SHUTDOWN. */
+    env_init(&e, "8 close from a callback");
+    config(&cfg, 1, 128, 10);
+    p = pool_new(&e, &cfg, &s, 0);
+    pool_start_ready(&e, p, 1);
+    static closer_t cl;
+    memset(&cl, 0, sizeof(cl));
+    cl.pool = p;
+    rec_t behind[2];
+    memset(behind, 0, sizeof(behind));
+    crm_pg_unit_t *first = unit_one(p, 0, s.dbl, "3");
+    CHECK(crm_pg_unit_submit(first, on_close_in_callback, &cl) == 0, "submit");
+    submit_ok(unit_one(p, 0, s.sleep, "1"), &behind[0]);
+    submit_ok(unit_one(p, CRM_PG_TX, s.dbl, "4"), &behind[1]);
+    RUN_UNTIL(&e, cl.closed != 0, 5000);
+    CHECK(cl.calls == 1 && cl.err == 0 && strcmp(cl.value, "6") == 0, "the closing unit: calls %d err %s value '%s'",
+          cl.calls, crm_err_name(cl.err), cl.value);
+    CHECK(behind[0].calls == 1 && behind[0].err == CRM_E_SHUTDOWN, "pg_sleep(1) behind it: calls %d err %s",
+          behind[0].calls, crm_err_name(behind[0].err));
+    /* The last unit may have been answered before the close ran (its answer can arrive in the same read). */
+    CHECK(behind[1].calls == 1 && (behind[1].err == CRM_E_SHUTDOWN || behind[1].err == 0),
+          "the unit behind: calls %d err %s", behind[1].calls, crm_err_name(behind[1].err));
+    CHECK(cl.closed == 1, "on_closed ran %d times", cl.closed);
+    env_close(&e);
+
+    /* A pool that was never started closes cleanly too. */
+    env_init(&e, "8 close without start");
+    config(&cfg, 2, 4, 4);
+    p = pool_new(&e, &cfg, &s, 0);
+    closed = 0;
+    crm_pg_pool_close(p, on_pool_closed, &closed);
+    RUN_UNTIL(&e, closed != 0, 2000);
+    env_close(&e);
 }
 
 /* ---- 9. statements that do not prepare ---- */
@@ -1075,7 +1305,7 @@ typedef struct {
     const stmts_t *stmts;
     uv_timer_t timer;
     int submitting;
-    uint64_t outstanding, accepted, max_latency_ns;
+    uint64_t outstanding, accepted, max_latency_ns, max_refusal_ns;
     uint64_t refused[NKINDS], done[NKINDS];
     uint64_t ready_seen;
 } s9_t;
@@ -1109,11 +1339,14 @@ static void on_s9_timer(uv_timer_t *t)
     lu->load = l;
     lu->submit_ns = uv_hrtime();
     int rc = crm_pg_unit_submit(u, on_s9_unit, lu);
+    uint64_t dt = uv_hrtime() - lu->submit_ns;
     if (rc == 0) {
         ++l->outstanding;
         ++l->accepted;
         return;
     }
+    if (dt > l->max_refusal_ns)
+        l->max_refusal_ns = dt;
     ++l->refused[err_index(rc)];
     crm_pg_unit_free(u);
     free(lu);
@@ -1129,10 +1362,6 @@ static void scenario_prepare_failure(void)
     cfg.queue_timeout_ms = 300;
     cfg.reconnect_min_ms = 50;
     cfg.reconnect_max_ms = 200;
-    /* This scenario is about the schema, not the breaker: keep the breaker out of the way so that every outcome is
-     * the pool's own answer to "no connection can become ready". */
-    cfg.breaker.window_size = 1000;
-    cfg.breaker.minimum_calls = 1000;
     crm_pg_pool_t *p = pool_new(&e, &cfg, &s, WITH_MISSING);
     CHECK(crm_pg_pool_start(p) == 0, "crm_pg_pool_start");
     static s9_t l;
@@ -1152,27 +1381,237 @@ static void scenario_prepare_failure(void)
           "a connection became ready although a statement cannot prepare");
     CHECK(st.prepare_failed == 1, "prepare_failed %d", st.prepare_failed);
     CHECK(st.conn_failures >= 2, "conn_failures %llu: the pool stopped retrying", (unsigned long long)st.conn_failures);
+    /* Accepted units are answered unavailable (their connection attempt failed and none other is under way) or
+     * time out in the queue; refused ones are refused at once: unavailable, or breaker_open once the failed
+     * attempts and unavailable refusals (which count as failed calls) have opened the breaker. */
     uint64_t bad = 0;
     for (int k = 0; k < NKINDS; ++k) {
         if (k != err_index(CRM_E_UNAVAILABLE) && k != err_index(CRM_E_QUEUE_TIMEOUT))
             bad += l.done[k];
-        if (k != err_index(CRM_E_UNAVAILABLE))
+        if (k != err_index(CRM_E_UNAVAILABLE) && k != err_index(CRM_E_BREAKER_OPEN))
             bad += l.refused[k];
     }
     print_kinds("completions", l.done);
     print_kinds("refusals", l.refused);
-    {
-        crm_breaker_t *bb = crm_pg_pool_breaker(p);
-        crm_breaker_window_t w = crm_breaker_window(bb);
-        fprintf(stderr, "DBG win=%u min=%u outcomes=%u failures=%u slow=%u state=%d\n", bb->_cfg.window_size,
-                bb->_cfg.minimum_calls, w.outcomes, w.failures, w.slow, bb->_state);
-    }
-    CHECK(bad == 0, "an outcome other than unavailable / queue_timeout (see the figures above)");
+    CHECK(bad == 0, "an outcome other than unavailable / queue_timeout / a synchronous breaker_open (see above)");
     double max_lat = (double)l.max_latency_ns / 1e6;
     CHECK(max_lat <= 300 + 100, "an accepted unit took %.1f ms to be answered (queue timeout 300)", max_lat);
+    double max_ref = (double)l.max_refusal_ns / 1e6;
+    CHECK(max_ref < 1.0, "a refusal took %.3f ms (must be synchronous, < 1 ms)", max_ref);
     CHECK(crm_pg_pool_is_serving(p) == 0, "the pool claims to serve");
-    printf("figure: prepare_failed=%d conn_failures=%llu accepted=%llu max latency %.1f ms\n", st.prepare_failed,
-           (unsigned long long)st.conn_failures, (unsigned long long)l.accepted, max_lat);
+    printf("figure: prepare_failed=%d conn_failures=%llu accepted=%llu max latency %.1f ms max refusal %.3f ms\n",
+           st.prepare_failed, (unsigned long long)st.conn_failures, (unsigned long long)l.accepted, max_lat, max_ref);
+    uv_close((uv_handle_t *)&l.timer, NULL);
+    pool_close(&e, p);
+    env_close(&e);
+}
+
+/* ---- 10. large parameters and results, many statements per unit ---- */
+
+#define S10_BIG   (1u << 20)
+#define S10_NBIG  6
+#define S10_STMTS 12
+
+typedef struct {
+    int calls, err;
+    char fill;
+    size_t len;
+    int intact;
+} big_t;
+
+static void on_big(crm_pg_unit_t *u, int err, void *data)
+{
+    big_t *b = data;
+    ++b->calls;
+    b->err = err;
+    PGresult *r = crm_pg_unit_result(u, 0);
+    if (err != 0 || r == NULL || PQntuples(r) != 1)
+        return;
+    const char *v = PQgetvalue(r, 0, 0);
+    b->len = (size_t)PQgetlength(r, 0, 0);
+    b->intact = b->len == S10_BIG;
+    for (size_t i = 0; b->intact && i < b->len; ++i)
+        b->intact = v[i] == b->fill;
+}
+
+typedef struct {
+    int calls, err;
+    size_t count;
+    int wrong; /* index of the first statement with a wrong answer, or -1 */
+} multi_t;
+
+static void on_multi(crm_pg_unit_t *u, int err, void *data)
+{
+    multi_t *m = data;
+    ++m->calls;
+    m->err = err;
+    m->count = crm_pg_unit_count(u);
+    m->wrong = -1;
+    for (size_t i = 0; err == 0 && i < m->count; ++i) {
+        PGresult *r = crm_pg_unit_result(u, i);
+        if (r == NULL || PQntuples(r) != 1 || strtol(PQgetvalue(r, 0, 0), NULL, 10) != 2 * (long)(i + 100)) {
+            m->wrong = (int)i;
+            break;
+        }
+    }
+    if (crm_pg_unit_result(u, m->count) != NULL)
+        m->wrong = (int)m->count;
+}
+
+static void scenario_large(void)
+{
+    env_t e;
+    env_init(&e, "10 large payloads, many statements");
+    stmts_t s;
+    crm_pg_config_t cfg;
+    config(&cfg, 1, 128, 64);
+    cfg.max_statements = 16;
+    crm_pg_pool_t *p = pool_new(&e, &cfg, &s, 0);
+    pool_start_ready(&e, p, 1);
+
+    /* Megabyte parameters overflow the socket buffer, so sending has to wait for writability while the answers
+     * of earlier units arrive; small units are interleaved to check that nothing gets out of step. */
+    char *buf = malloc(S10_BIG + 1);
+    CHECK(buf != NULL, "malloc");
+    static big_t big[S10_NBIG];
+    static rec_t small[S10_NBIG];
+    memset(big, 0, sizeof(big));
+    memset(small, 0, sizeof(small));
+    uint64_t t0 = uv_hrtime();
+    for (int i = 0; i < S10_NBIG; ++i) {
+        big[i].fill = (char)('a' + i);
+        memset(buf, big[i].fill, S10_BIG);
+        buf[S10_BIG] = '\0';
+        crm_pg_unit_t *u = unit_one(p, i % 2 ? CRM_PG_TX : 0, s.echo, buf);
+        CHECK(crm_pg_unit_submit(u, on_big, &big[i]) == 0, "submit big %d", i);
+        char v[16];
+        snprintf(v, sizeof(v), "%d", i);
+        submit_ok(unit_one(p, 0, s.dbl, v), &small[i]);
+    }
+    free(buf);
+    RUN_UNTIL(&e, stats(p).completed == 2 * S10_NBIG, 30000);
+    double big_ms = ms_since(t0);
+    for (int i = 0; i < S10_NBIG; ++i) {
+        CHECK(big[i].calls == 1 && big[i].err == 0, "big %d: calls %d err %s", i, big[i].calls,
+              crm_err_name(big[i].err));
+        CHECK(big[i].intact, "big %d: %zu bytes came back, not the %u '%c' sent", i, big[i].len, S10_BIG, big[i].fill);
+        char want[16];
+        snprintf(want, sizeof(want), "%d", 2 * i);
+        CHECK(small[i].calls == 1 && small[i].err == 0 && strcmp(small[i].value, want) == 0,
+              "small %d: err %s value '%s'", i, crm_err_name(small[i].err), small[i].value);
+    }
+
+    /* More statements than the unit's inline room, in both shapes; then the statement limit. */
+    multi_t m[2];
+    memset(m, 0, sizeof(m));
+    for (int k = 0; k < 2; ++k) {
+        crm_pg_unit_t *u = crm_pg_unit_new(p, k ? CRM_PG_TX : 0);
+        CHECK(u != NULL, "crm_pg_unit_new");
+        for (int i = 0; i < S10_STMTS; ++i) {
+            char v[16];
+            snprintf(v, sizeof(v), "%d", i + 100);
+            const char *values[1] = {v};
+            int idx = crm_pg_unit_add(u, s.dbl, 1, values, NULL);
+            CHECK(idx == i, "crm_pg_unit_add returned %d for statement %d", idx, i);
+        }
+        CHECK(crm_pg_unit_submit(u, on_multi, &m[k]) == 0, "submit multi");
+    }
+    RUN_UNTIL(&e, m[0].calls && m[1].calls, 5000);
+    for (int k = 0; k < 2; ++k)
+        CHECK(m[k].calls == 1 && m[k].err == 0 && m[k].count == S10_STMTS && m[k].wrong == -1,
+              "%s unit of %d statements: err %s, count %zu, first wrong answer at %d", k ? "tx" : "plain", S10_STMTS,
+              crm_err_name(m[k].err), m[k].count, m[k].wrong);
+    crm_pg_unit_t *u = crm_pg_unit_new(p, 0);
+    CHECK(u != NULL, "crm_pg_unit_new");
+    for (size_t i = 0; i < cfg.max_statements; ++i)
+        CHECK(crm_pg_unit_add(u, s.one, 0, NULL, NULL) == (int)i, "add %zu", i);
+    int rc = crm_pg_unit_add(u, s.one, 0, NULL, NULL);
+    CHECK(rc == CRM_E_LIMIT, "statement %zu of a unit limited to %zu: %s", cfg.max_statements + 1, cfg.max_statements,
+          crm_err_name(rc));
+    crm_pg_unit_free(u);
+    CHECK(stats(p).conn_failures == 0, "the connection failed");
+    printf("figure: %d x 1 MiB echo units + %d small, pipelined on one connection, in %.1f ms\n", S10_NBIG, S10_NBIG,
+           big_ms);
+    pool_close(&e, p);
+    env_close(&e);
+}
+
+/* ---- 11. a server that accepts connections but never answers them ---- */
+
+static pid_t postmaster_pid(void)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/data/postmaster.pid", g_dir);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "cannot open %s: %s", path, strerror(errno));
+    long pid = 0;
+    int n = fscanf(f, "%ld", &pid);
+    fclose(f);
+    CHECK(n == 1 && pid > 1, "no pid in %s", path);
+    return (pid_t)pid;
+}
+
+static void scenario_unresponsive(void)
+{
+    env_t e;
+    env_init(&e, "11 unresponsive server");
+    stmts_t s;
+    crm_pg_config_t cfg;
+    config(&cfg, 2, 128, 64);
+    cfg.connect_timeout_ms = 300;
+    cfg.queue_timeout_ms = 200;
+    cfg.reconnect_min_ms = 50;
+    cfg.reconnect_max_ms = 200;
+    cfg.breaker.open_ms = 500;
+    crm_pg_pool_t *p = pool_new(&e, &cfg, &s, 0);
+
+    /* A stopped postmaster still has its socket listening: connect() succeeds, the startup packet is never
+     * answered. Only the pool's connect timeout can end such an attempt. */
+    pid_t pm = postmaster_pid();
+    g_stopped_backend = pm;
+    CHECK(kill(pm, SIGSTOP) == 0, "kill(%ld, SIGSTOP): %s", (long)pm, strerror(errno));
+    CHECK(crm_pg_pool_start(p) == 0, "crm_pg_pool_start");
+    static s9_t l;
+    memset(&l, 0, sizeof(l));
+    l.pool = p;
+    l.stmts = &s;
+    l.submitting = 1;
+    uv_timer_init(&e.loop, &l.timer);
+    l.timer.data = &l;
+    uv_timer_start(&l.timer, on_s9_timer, 5, 5);
+    uint64_t t0 = uv_hrtime();
+    RUN_UNTIL(&e, stats(p).conn_failures >= 2, 3000);
+    double first_timeout_ms = ms_since(t0);
+    run_for(&e, 700);
+    crm_pg_stats_t st = stats(p);
+    CHECK(l.ready_seen == 0 && st.conns[CRM_PG_CONN_READY] == 0, "a connection became ready with the server stopped");
+    CHECK(first_timeout_ms >= 290 && first_timeout_ms < 1000, "attempts failed after %.1f ms (connect timeout 300)",
+          first_timeout_ms);
+    uint64_t bad = 0;
+    for (int k = 0; k < NKINDS; ++k) {
+        if (k != err_index(CRM_E_UNAVAILABLE) && k != err_index(CRM_E_QUEUE_TIMEOUT))
+            bad += l.done[k];
+        if (k != err_index(CRM_E_UNAVAILABLE) && k != err_index(CRM_E_BREAKER_OPEN))
+            bad += l.refused[k];
+    }
+    print_kinds("completions while stopped", l.done);
+    print_kinds("refusals while stopped", l.refused);
+    CHECK(bad == 0, "an outcome other than unavailable / queue_timeout / a synchronous breaker_open (see above)");
+    CHECK(l.done[err_index(CRM_E_QUEUE_TIMEOUT)] > 0, "no unit waited for the hanging attempts");
+    double max_lat = (double)l.max_latency_ns / 1e6;
+    CHECK(max_lat <= 200 + 100, "a unit took %.1f ms to be answered (queue timeout 200)", max_lat);
+
+    CHECK(kill(pm, SIGCONT) == 0, "kill(%ld, SIGCONT): %s", (long)pm, strerror(errno));
+    g_stopped_backend = 0;
+    uint64_t done_before = l.done[0];
+    t0 = uv_hrtime();
+    RUN_UNTIL(&e, stats(p).conns[CRM_PG_CONN_READY] == 2 && l.done[0] > done_before, 10000);
+    double recover_ms = ms_since(t0);
+    l.submitting = 0;
+    RUN_UNTIL(&e, l.outstanding == 0, 3000);
+    printf("figure: connect attempts timed out after %.1f ms; max unit latency while stopped %.1f ms; serving again "
+           "%.1f ms after SIGCONT\n",
+           first_timeout_ms, max_lat, recover_ms);
     uv_close((uv_handle_t *)&l.timer, NULL);
     pool_close(&e, p);
     env_close(&e);
@@ -1192,6 +1631,8 @@ int main(int argc, char **argv)
         scenario_database_down,
         scenario_detach_close,
         scenario_prepare_failure,
+        scenario_large,
+        scenario_unresponsive,
     };
     const int n = (int)(sizeof(scenarios) / sizeof(scenarios[0]));
     setvbuf(stdout, NULL, _IOLBF, 0);
