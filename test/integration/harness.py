@@ -115,6 +115,20 @@ class Database:
         self.drop()
 
 
+_shared_db = None
+
+
+def shared_database():
+    """One database for a whole test script, dropped when the script exits."""
+    global _shared_db
+    if _shared_db is None:
+        import atexit
+
+        _shared_db = Database()
+        atexit.register(_shared_db.drop)
+    return _shared_db
+
+
 # ---- crmd ----
 
 

@@ -33,6 +33,7 @@ from harness import (
     read_response,
     request,
     run,
+    shared_database,
 )
 
 UUID_V4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -42,23 +43,14 @@ JSON_CT = {"content-type": "application/json"}
 
 # ---- fixtures: one database for the whole script, one shared crmd ----
 
-_db = None
 _main = None
-
-
-def database():
-    global _db
-    if _db is None:
-        _db = Database()
-        atexit.register(_db.drop)
-    return _db
 
 
 def main_crmd():
     """The crmd most checks talk to; stopped (and its exit checked) by test_main_instance_exits_cleanly."""
     global _main
     if _main is None:
-        _main = Crmd(database(), env={"CRMD_MAX_BODY_BYTES": str(MAX_BODY)})
+        _main = Crmd(shared_database(), env={"CRMD_MAX_BODY_BYTES": str(MAX_BODY)})
         # Registered after the database's drop, so it runs first: crmd must be gone before its database is.
         atexit.register(_kill_main)
         _main.wait_ready()
@@ -473,7 +465,7 @@ def test_main_instance_exits_cleanly():
 
 def test_request_timeout():
     env = {"CRMD_REQUEST_TIMEOUT_MS": "300", "CRMD_DB_STATEMENT_TIMEOUT_MS": "5000"}
-    with Crmd(database(), env=env) as c:
+    with Crmd(shared_database(), env=env) as c:
         c.wait_ready()
         t0 = time.monotonic()
         r = request(c, "GET", "/v1/_diag/sleep?ms=2000", auth())
@@ -499,7 +491,7 @@ def test_request_timeout():
 
 
 def test_h2c():
-    with Crmd(database()) as c:
+    with Crmd(shared_database()) as c:
         url = "http://%s:%d/health/live" % (c.host, c.port)
         out = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", url)
         check(out == "2 200", "h2c prior knowledge: %r" % out)
@@ -531,7 +523,7 @@ def test_tls():
              "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
             check=True, capture_output=True, timeout=60,
         )
-        c = Crmd(database(), env={"CRMD_TLS_CERT": cert, "CRMD_TLS_KEY": key}, wait=False)
+        c = Crmd(shared_database(), env={"CRMD_TLS_CERT": cert, "CRMD_TLS_KEY": key}, wait=False)
         try:
             # The harness reads the address from the first line; here the line itself is checked, so read it here.
             line = c.proc.stdout.readline()
@@ -569,7 +561,7 @@ def test_tls():
 def test_h2o_generated_errors_carry_the_fixed_headers():
     """Errors h2o produces itself (body over the global limit, malformed headers) are rewritten by crmd into
     problem+json; they must carry the same X-Request-Id as their `instance`, and nosniff like every response."""
-    with Crmd(database(), env={"CRMD_MAX_BODY_BYTES": str(MAX_BODY)}) as c:
+    with Crmd(shared_database(), env={"CRMD_MAX_BODY_BYTES": str(MAX_BODY)}) as c:
 
         async def raw(data):
             reader, writer = await asyncio.open_connection(c.host, c.port)

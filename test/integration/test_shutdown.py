@@ -4,23 +4,13 @@ within CRMD_SHUTDOWN_GRACE_MS, answer 503 to whatever is left after it, close ev
 clean log: no sanitizer report, no leaked handle. A second signal forces the exit.
 """
 import asyncio
-import atexit
 import signal
 import socket
 import threading
 import time
 
-from harness import Crmd, Database, auth, build_request, check, fail, log, metric, read_response, request, run
+from harness import Crmd, Database, auth, build_request, check, fail, log, metric, read_response, request, run, shared_database
 
-_db = None
-
-
-def database():
-    global _db
-    if _db is None:
-        _db = Database()
-        atexit.register(_db.drop)
-    return _db
 
 
 class InFlight:
@@ -104,7 +94,7 @@ def check_shutdown_log(c, reason):
 
 
 def in_flight_finishes(sig, reason):
-    c = Crmd(database())
+    c = Crmd(shared_database())
     try:
         c.wait_ready()
         f = start_sleep(c, 1000)
@@ -144,7 +134,7 @@ def test_sigint_behaves_like_sigterm():
 
 
 def test_grace_period_expires():
-    c = Crmd(database(), env={"CRMD_SHUTDOWN_GRACE_MS": "300"})
+    c = Crmd(shared_database(), env={"CRMD_SHUTDOWN_GRACE_MS": "300"})
     try:
         c.wait_ready()
         f = start_sleep(c, 3000)
@@ -178,7 +168,7 @@ def test_grace_period_expires():
 def test_idle_connections_do_not_delay_exit():
     """An idle keep-alive connection, one that sent half a header block and one that sent half a body are all
     closed by the shutdown; none holds the exit up."""
-    c = Crmd(database())
+    c = Crmd(shared_database())
     try:
         c.wait_ready()
 
@@ -233,7 +223,7 @@ def test_idle_connections_do_not_delay_exit():
 
 def test_second_signal_forces_exit():
     """The operator who signals twice does not wait for the grace period: exit code 1 at once."""
-    c = Crmd(database(), env={"CRMD_SHUTDOWN_GRACE_MS": "30000"})
+    c = Crmd(shared_database(), env={"CRMD_SHUTDOWN_GRACE_MS": "30000"})
     try:
         c.wait_ready()
         f = start_sleep(c, 5000)

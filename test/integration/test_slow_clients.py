@@ -9,13 +9,12 @@
 3. With CRMD_MAX_CONNECTIONS=20 the 21st connection is closed at once and counted.
 """
 import asyncio
-import atexit
 import math
 import re
 import resource
 import time
 
-from harness import TOKEN, Crmd, Database, auth, build_request, check, fail, log, metric, read_response, run
+from harness import TOKEN, Crmd, Database, auth, build_request, check, fail, log, metric, read_response, run, shared_database
 
 IDLE = 500
 SLOW = 50
@@ -26,15 +25,6 @@ TRICKLE_INTERVAL = 0.2
 # blocked or starved by the 550 other connections.
 P99_BOUND = 0.100
 
-_db = None
-
-
-def database():
-    global _db
-    if _db is None:
-        _db = Database()
-        atexit.register(_db.drop)
-    return _db
 
 
 def raise_fd_limit(need):
@@ -159,7 +149,7 @@ def test_latency_under_idle_and_slow_clients():
     raise_fd_limit(IDLE + SLOW + 200)
     env = {"CRMD_MAX_CONNECTIONS": str(IDLE + SLOW + 100), "CRMD_HTTP_IDLE_TIMEOUT_MS": "120000",
            "CRMD_ACCESS_LOG": "0"}
-    with Crmd(database(), env=env) as c:
+    with Crmd(shared_database(), env=env) as c:
         c.wait_ready()
 
         async def scenario():
@@ -210,7 +200,7 @@ def test_latency_under_idle_and_slow_clients():
 def test_idle_timeout_cuts_slow_and_idle_clients():
     timeout_ms = 2000
     env = {"CRMD_HTTP_IDLE_TIMEOUT_MS": str(timeout_ms)}
-    with Crmd(database(), env=env) as c:
+    with Crmd(shared_database(), env=env) as c:
         c.wait_ready()
 
         async def scenario():
@@ -265,7 +255,7 @@ async def _get(c, path, headers=None):
 
 def test_connection_limit():
     limit = 20
-    with Crmd(database(), env={"CRMD_MAX_CONNECTIONS": str(limit)}) as c:
+    with Crmd(shared_database(), env={"CRMD_MAX_CONNECTIONS": str(limit)}) as c:
         c.wait_ready()
         # The readiness polls' connections are closed by now; this connection is the only one.
         wait_for_metric(c, "crmd_http_connections", lambda v: v == 1, "connections before the test")
