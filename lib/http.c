@@ -987,7 +987,9 @@ int crm_http_server_listen(crm_http_server_t *s, char *addr, size_t addrcap)
     s->listener.data = s;
     s->listening = 1;
     int rc = uv_tcp_open(&s->listener, fd);
-    if (rc == 0)
+    if (rc != 0)
+        close(fd); /* not adopted by the handle */
+    else
         rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_accept);
     if (rc != 0) {
         crm_log(CRM_LOG_ERROR, "http.listen_failed", CRM_LOG_STR("error", uv_strerror(rc)));
