@@ -1157,7 +1157,8 @@ static int send_unit(pg_conn_t *c, crm_pg_unit_t *u)
     int short_deadline = remaining + pool->cfg.backstop_grace_ms / 2 < pool->cfg.statement_timeout_ms;
     int has_tenant = u->tenant[0] != '\0';
     char timeout_text[24];
-    snprintf(timeout_text, sizeof(timeout_text), "%llu", (unsigned long long)remaining);
+    if (short_deadline)
+        snprintf(timeout_text, sizeof(timeout_text), "%llu", (unsigned long long)remaining);
     u->has_begin = (u->flags & CRM_PG_TX) != 0;
     u->has_setup = has_tenant || short_deadline;
     u->step = 0;

@@ -19,9 +19,15 @@ static int ready;
 
 static void setup(void)
 {
-    static const char *const patterns[] = {
-        "/health/live", "/v1/contacts", "/v1/contacts/{id}", "/v1/contacts/bulk", "/v1/contacts/{id}/tags/{name}",
-        "/v1/contacts:upsert-by-email", "/v1/brands/{id}/contacts", "/v1/ops/jobs/{id}/retry", "/"};
+    static const char *const patterns[] = {"/health/live",
+                                           "/v1/contacts",
+                                           "/v1/contacts/{id}",
+                                           "/v1/contacts/bulk",
+                                           "/v1/contacts/{id}/tags/{name}",
+                                           "/v1/contacts:upsert-by-email",
+                                           "/v1/brands/{id}/contacts",
+                                           "/v1/ops/jobs/{id}/retry",
+                                           "/"};
     const char *why;
     assert(crm_router_init(&router) == 0);
     for (size_t i = 0; i < sizeof(patterns) / sizeof(patterns[0]); ++i)
