@@ -95,13 +95,9 @@ static int preflight(const crm_config_t *cfg)
     if (rep.pending > 0)
         crm_log(CRM_LOG_WARN, "startup.migrations_pending", CRM_LOG_UINT("pending", rep.pending));
 
-    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
-    const char *vals[] = {cfg->database_url, "10", "crmd-preflight", NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (PQstatus(c) != CONNECTION_OK) {
-        PQfinish(c);
+    PGconn *c = crm_migrate_connect(cfg->database_url, PREFLIGHT_TIMEOUT_MS, NULL, 0);
+    if (c == NULL)
         return 0;
-    }
     PGresult *r = PQexec(c, "SELECT r.rolsuper, r.rolbypassrls, "
                             "(SELECT count(*) FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace "
                             " WHERE n.nspname = 'crm' AND pg_has_role(current_user, k.relowner, 'USAGE')), "

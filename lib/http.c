@@ -283,8 +283,11 @@ static void send_response(crm_http_req_t *r, int status, const char *ctype, h2o_
     req->res.reason = reason_phrase(status);
     /* 204 and 304 carry no Content-Length (RFC 9110 §8.6); everything else states it, since h2o does not. */
     req->res.content_length = (status == 204 || status == 304) ? SIZE_MAX : body.len;
-    if (ctype != NULL)
-        h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, ctype, strlen(ctype), 1);
+    if (ctype != NULL) {
+        /* h2o keeps the pointer until the response is written; the caller's string may not live that long. */
+        h2o_iovec_t ct = h2o_strdup(&req->pool, ctype, SIZE_MAX);
+        h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, ct.base, ct.len, 1);
+    }
     add_common_headers(r, req);
     static h2o_generator_t generator = {NULL, NULL};
     h2o_start_response(req, &generator);
@@ -429,13 +432,13 @@ void crm_http_respond_error(crm_http_req_t *r, int err)
 
 const char *crm_http_header(const crm_http_req_t *r, const char *name, size_t *len)
 {
+    *len = 0;
     if (r->h2o == NULL)
         return NULL;
     ssize_t i = h2o_find_header_by_str(&r->h2o->headers, name, strlen(name), -1);
     if (i == -1)
         return NULL;
-    if (len != NULL)
-        *len = r->h2o->headers.entries[i].value.len;
+    *len = r->h2o->headers.entries[i].value.len;
     return r->h2o->headers.entries[i].value.base;
 }
 

@@ -111,7 +111,7 @@ void crm_http_server_dispose(crm_http_server_t *s);
 
 /* ---- for handlers ---- */
 
-/* Answers with the given body (copied). */
+/* Answers with the given body and content type (both copied). */
 void crm_http_respond(crm_http_req_t *req, int status, const char *content_type, const void *body, size_t len);
 
 /* Answers with a JSON document; takes the reference to `body`. */
@@ -130,7 +130,8 @@ void crm_http_respond_error(crm_http_req_t *req, int err);
 /* Adds a response header (copied); only before answering. */
 void crm_http_add_header(crm_http_req_t *req, const char *name, const char *value);
 
-/* The value of request header `name` (lower-case), or NULL. */
+/* The value of request header `name` (lower-case), or NULL. The value is NOT NUL-terminated: its length is
+ * stored in *len (required). */
 const char *crm_http_header(const crm_http_req_t *req, const char *name, size_t *len);
 
 /* Parses the request body as JSON under the server's limits (the route's body limit as max_bytes). On failure it

@@ -68,13 +68,15 @@ static int exec_ok(PGconn *c, const char *sql, crm_migrate_report_t *rep, const 
 
 static PGconn *connect_db(const char *conninfo, unsigned timeout_ms, crm_migrate_report_t *rep)
 {
-    char timeout_s[16], options[160];
-    /* libpq's connect_timeout has a 2-second floor and whole seconds. */
+    char timeout_s[16], user_timeout[16];
+    /* libpq's connect_timeout has a 2-second floor and whole seconds. A dead network must not hang the
+     * blocking calls either: TCP keepalives and tcp_user_timeout bound every read and write. */
     snprintf(timeout_s, sizeof(timeout_s), "%u", timeout_ms < 2000 ? 2 : (timeout_ms + 999) / 1000);
-    snprintf(options, sizeof(options), "-c statement_timeout=%u -c lock_timeout=%u -c client_min_messages=warning",
-             timeout_ms, timeout_ms);
-    const char *keys[] = {"dbname", "connect_timeout", "application_name", "options", NULL};
-    const char *vals[] = {conninfo, timeout_s, "crmd-migrate", options, NULL};
+    snprintf(user_timeout, sizeof(user_timeout), "%u", timeout_ms);
+    const char *keys[] = {"dbname",           "connect_timeout",  "application_name",
+                          "keepalives",       "keepalives_idle",  "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout", NULL};
+    const char *vals[] = {conninfo, timeout_s, "crmd-migrate", "1", "5", "2", "3", user_timeout, NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (c == NULL || PQstatus(c) != CONNECTION_OK) {
         /* The message may name the host and user, never the password. */
@@ -82,6 +84,28 @@ static PGconn *connect_db(const char *conninfo, unsigned timeout_ms, crm_migrate
         PQfinish(c);
         return NULL;
     }
+    /* Session settings by SET rather than the options keyword, which would replace the operator's own. */
+    char set[160];
+    snprintf(set, sizeof(set), "SET statement_timeout = %u; SET lock_timeout = %u; SET client_min_messages = warning",
+             timeout_ms, timeout_ms);
+    PGresult *r = PQexec(c, set);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        fail(rep, "cannot configure the session: %s", PQresultErrorMessage(r));
+        PQclear(r);
+        PQfinish(c);
+        return NULL;
+    }
+    PQclear(r);
+    return c;
+}
+
+PGconn *crm_migrate_connect(const char *conninfo, unsigned timeout_ms, char *err, size_t errcap)
+{
+    crm_migrate_report_t rep;
+    memset(&rep, 0, sizeof(rep));
+    PGconn *c = connect_db(conninfo, timeout_ms, &rep);
+    if (c == NULL && err != NULL)
+        snprintf(err, errcap, "%s", rep.error);
     return c;
 }
 

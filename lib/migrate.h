@@ -16,6 +16,7 @@
 #ifndef CRM_MIGRATE_H
 #define CRM_MIGRATE_H
 
+#include <libpq-fe.h>
 #include <stddef.h>
 
 typedef struct st_crm_migration_t {
@@ -43,6 +44,10 @@ int crm_migrate_apply(const char *conninfo, const crm_migration_t *migrations, s
 /* Checks without changing anything: verifies checksums and counts pending migrations. Same errors as apply. */
 int crm_migrate_check(const char *conninfo, const crm_migration_t *migrations, size_t n, unsigned timeout_ms,
                       crm_migrate_report_t *report);
+
+/* A blocking connection for start-up checks, bounded like the migration runner's: connect timeout, TCP keepalives,
+ * tcp_user_timeout, and statement and lock timeouts of timeout_ms. NULL with the reason in err on failure. */
+PGconn *crm_migrate_connect(const char *conninfo, unsigned timeout_ms, char *err, size_t errcap);
 
 /* SHA-256 of a migration's text as lower-case hex (65 bytes with the NUL). */
 void crm_migration_checksum(const crm_migration_t *m, char out[65]);

@@ -320,28 +320,34 @@ static int build_conn_params(crm_pg_pool_t *pool)
     pool->hostaddr_slot = -1;
     /* Host names are resolved by crmd on the thread pool (uv_getaddrinfo) and handed to libpq as hostaddr: libpq
      * would otherwise call getaddrinfo on the loop thread inside PQconnectStart. Skipped when the operator gave
-     * hostaddr, and for unix sockets and address literals. */
+     * hostaddr, and for unix sockets and address literals. libpq falls back to PGHOST when the URL names no host,
+     * so that is looked at too (this runs at start-up). A host taken from a service file is not seen here. */
+    if (host == NULL && hostaddr == NULL && getenv("PGHOSTADDR") == NULL)
+        host = getenv("PGHOST");
     if (host != NULL && hostaddr == NULL) {
-        char *copy = strdup(host), *save = NULL;
-        if (copy == NULL)
-            return CRM_E_NOMEM;
-        for (char *h = strtok_r(copy, ",", &save); h != NULL; h = strtok_r(NULL, ",", &save)) {
+        /* Split exactly as libpq does: on every comma, keeping empty elements (libpq's default host), so that
+         * the hostaddr list lines up with libpq's host list element by element. */
+        const char *p = host;
+        for (;;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
             if (pool->nhosts == MAX_HOSTS) {
-                free(copy);
                 crm_log(CRM_LOG_ERROR, "pg.conninfo_invalid", CRM_LOG_STR("error", "more than 8 hosts"));
                 return CRM_E_CONFIG;
             }
-            while (*h == ' ')
-                ++h;
-            if ((pool->hosts[pool->nhosts] = strdup(h)) == NULL) {
-                free(copy);
-                return CRM_E_NOMEM;
+            while (len > 0 && *p == ' ') {
+                ++p;
+                --len;
             }
-            pool->host_needs_dns[pool->nhosts] = host_needs_dns(h);
+            if ((pool->hosts[pool->nhosts] = strndup(p, len)) == NULL)
+                return CRM_E_NOMEM;
+            pool->host_needs_dns[pool->nhosts] = host_needs_dns(pool->hosts[pool->nhosts]);
             pool->any_dns |= pool->host_needs_dns[pool->nhosts];
             ++pool->nhosts;
+            if (comma == NULL)
+                break;
+            p = comma + 1;
         }
-        free(copy);
         if (pool->any_dns) {
             pool->hostaddr_slot = (int)k;
             pool->keys[k] = strdup("hostaddr");
@@ -839,6 +845,12 @@ static void connect_step(pg_conn_t *c)
 {
     PostgresPollingStatusType st = PQconnectPoll(c->pg);
     c->connect_poll = st;
+    /* While connecting, libpq may close the socket and open another (the next host, a retry without TLS) that
+     * gets the same descriptor number: neither the number nor the event mask tells that the kernel object
+     * changed, and libuv would neither re-register it nor restart a handle it stopped after POLLERR. A fresh
+     * handle per step is cheap (a handful per connection) and always right. */
+    if (st == PGRES_POLLING_READING || st == PGRES_POLLING_WRITING)
+        conn_unwatch(c);
     switch (st) {
     case PGRES_POLLING_READING:
         if (conn_watch(c, UV_READABLE) != 0)
@@ -869,8 +881,12 @@ static void on_poll(uv_poll_t *handle, int status, int events)
         return;
     }
     if (status < 0) {
-        /* libuv only says that the socket is in error; reading makes libpq find out why and say so. */
+        /* libuv only says that the socket is in error (and has stopped the handle); reading makes libpq find out
+         * why and say so. Should the connection survive, the handle must be started again. */
+        c->poll_events = 0;
         conn_process(c);
+        if (c->pg != NULL && c->state == CRM_PG_CONN_READY && conn_flush(c) != 0)
+            conn_fail(c, CRM_E_UNAVAILABLE, PQerrorMessage(c->pg), NULL);
         return;
     }
     if ((events & UV_WRITABLE) != 0 && conn_flush(c) != 0) {
@@ -1107,6 +1123,9 @@ static void fail_queue(crm_pg_pool_t *pool, int err)
 
 typedef enum { CMD_BEGIN, CMD_SETUP, CMD_USER, CMD_SYNC, CMD_COMMIT } cmd_kind_t;
 
+/* unit->await_null: a command's result arrived and libpq's terminating NULL comes next. */
+enum { AWAIT_NULL_THEN_NEXT = 1, AWAIT_NULL_THEN_SYNC = 2 };
+
 /* The commands a unit sent, in order: [BEGIN] [setup] user statements Sync [COMMIT Sync]. */
 static size_t unit_ncmds(const crm_pg_unit_t *u)
 {
@@ -1228,7 +1247,11 @@ static int unit_consume(crm_pg_unit_t *u, PGresult *r)
             PQclear(r);
             return CRM_E_PROTOCOL;
         }
+        /* After an error reported at a Sync, the Sync's own result is still to come: stay on that step. */
+        int same_step = u->await_null == AWAIT_NULL_THEN_SYNC;
         u->await_null = 0;
+        if (same_step)
+            return 0;
         ++u->step;
         return u->step == unit_ncmds(u);
     }
@@ -1238,6 +1261,15 @@ static int unit_consume(crm_pg_unit_t *u, PGresult *r)
     cmd_kind_t kind = unit_cmd(u, u->step, &user_index);
     ExecStatusType st = PQresultStatus(r);
     if (kind == CMD_SYNC) {
+        if (st == PGRES_FATAL_ERROR) {
+            /* The implicit transaction commits at the Sync, and the commit itself can fail: a deferred constraint,
+             * a serialization failure. libpq reports that error, then NULL, then the Sync. It is this unit's SQL
+             * error like any other; the unit rolled back and the connection is fine. */
+            unit_record_error(u, r, -1);
+            PQclear(r);
+            u->await_null = AWAIT_NULL_THEN_SYNC;
+            return 0;
+        }
         PQclear(r);
         if (st != PGRES_PIPELINE_SYNC)
             return CRM_E_PROTOCOL;
@@ -1271,7 +1303,7 @@ static int unit_consume(crm_pg_unit_t *u, PGresult *r)
     } else {
         PQclear(r);
     }
-    u->await_null = 1;
+    u->await_null = AWAIT_NULL_THEN_NEXT;
     return 0;
 }
 
@@ -1346,9 +1378,10 @@ static void unit_finish(crm_pg_unit_t *u, int err)
     crm_pg_unit_free(u);
 }
 
-/* Answers a unit that is still in a connection's pipeline with CRM_E_DEADLINE, counted as unit_finish would count
- * it. The unit stays in the pipeline, detached, until its answers arrive (the server runs it with its own short
- * statement_timeout), and is then freed without a second callback or a second breaker outcome. */
+/* Answers a read-only unit that is still in a connection's pipeline with CRM_E_DEADLINE, counted as unit_finish
+ * would count it. The unit stays in the pipeline, detached, until its answers arrive (the server runs it with its
+ * own short statement_timeout), and is then freed without a second callback or a second breaker outcome. Only
+ * read-only units: running after the answer changes nothing. */
 static void answer_early(crm_pg_unit_t *u)
 {
     crm_pg_pool_t *pool = u->pool;
@@ -1472,8 +1505,10 @@ static void conn_fail(pg_conn_t *c, int err, const char *why, crm_pg_unit_t *exp
         set_state(c, CRM_PG_CONN_IDLE);
     } else {
         set_state(c, CRM_PG_CONN_BACKOFF);
-        /* A connection recycled because one query overran is healthy as far as we know: reconnect at once. */
-        uint64_t delay = expired != NULL ? 0 : backoff_delay(pool, c->failures);
+        /* Reconnect at once when the connection was serving until now (a backend restart, an idle-session kill, a
+         * proxy recycling it) or was recycled because one query overran: the server is probably fine, and the
+         * read-only units just re-queued need a connection on its way. Failed attempts back off. */
+        uint64_t delay = (expired != NULL || was_ready) ? 0 : backoff_delay(pool, c->failures);
         crm_timerq_start(&pool->timers, &c->timer, now_ms(pool) + delay, on_conn_timer);
     }
     /* Read-only units go back to the front of the queue in their original order, ahead of work that arrived
@@ -1539,8 +1574,16 @@ static void on_unit_timer(crm_timer_t *t)
      * Recycling would fail every unit on the connection (writes with an unknown outcome) for one short deadline, so
      * answer this unit alone; the head's own backstop still catches a connection that really is stuck. */
     pg_conn_t *c = u->conn;
-    if (c->head != u && c->head->deadline + pool->cfg.backstop_grace_ms > now_ms(pool)) {
-        answer_early(u);
+    uint64_t head_backstop = c->head->deadline + pool->cfg.backstop_grace_ms;
+    if (c->head != u && head_backstop > now_ms(pool)) {
+        if (u->flags & CRM_PG_READ_ONLY) {
+            answer_early(u);
+        } else {
+            /* A write cannot be answered now: it is still in the pipeline and would run, and might commit, after
+             * its caller was told it had failed. It waits for the connection instead, bounded by the head's own
+             * backstop; its caller's deadline is kept by the caller (the HTTP request answers 504 on time). */
+            crm_timerq_start(&pool->timers, &u->timer, head_backstop, on_unit_timer);
+        }
         return;
     }
     /* In flight past deadline + grace: the server did not enforce statement_timeout (stuck server, dead network,

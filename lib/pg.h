@@ -166,7 +166,10 @@ int crm_pg_unit_add(crm_pg_unit_t *unit, crm_pg_stmt_t stmt, int nparams, const 
 /* Submits the unit. On 0 the pool owns it and `cb` runs exactly once, later, with:
  *   0                    every statement succeeded and the transaction committed;
  *   CRM_E_DB             a statement failed (crm_pg_unit_sqlstate/…); the whole unit was rolled back;
- *   CRM_E_DEADLINE       it ran past its deadline (server statement_timeout or the client backstop);
+ *   CRM_E_DEADLINE       it ran past its deadline. From the server's statement_timeout (SQLSTATE 57014) the unit
+ *                        was rolled back; from the client backstop (stuck connection, recycled) a writing unit's
+ *                        outcome is unknown, as it is for any timeout. A writing unit is never answered while it
+ *                        is still queued in a pipeline, where it could run later; a read-only one may be;
  *   CRM_E_QUEUE_TIMEOUT  no connection became free within queue_timeout_ms (or the deadline);
  *   CRM_E_UNAVAILABLE    the connection was lost (for a writing unit the outcome is then unknown) or none exists;
  *   CRM_E_SHUTDOWN       the pool is closing.

@@ -92,9 +92,11 @@ static void on_uv_timer(uv_timer_t *handle)
     uint64_t now = uv_now(handle->loop);
     q->_armed_at = UINT64_MAX;
     q->_firing = 1;
-    /* Fire only what was due on entry: a callback that starts a timer for `now` again is not fired by this pass. */
-    size_t budget = q->_size;
-    while (budget-- > 0 && q->_size > 0 && q->_heap[0]->deadline <= now) {
+    /* Fire only timers started before this pass: one a callback starts (or restarts) for a deadline already due
+     * waits for the next pass, after the loop has polled for I/O. When such a timer reaches the top of the heap
+     * the pass ends, and due timers behind it fire in the next pass, a millisecond later. */
+    uint64_t pass = ++q->_pass;
+    while (q->_size > 0 && q->_heap[0]->deadline <= now && q->_heap[0]->_pass < pass) {
         crm_timer_t *t = q->_heap[0];
         remove_at(q, 0);
         t->cb(t);
@@ -115,6 +117,7 @@ int crm_timerq_init(uv_loop_t *loop, crm_timerq_t *q, size_t capacity)
     q->_armed_at = UINT64_MAX;
     q->_closing = 0;
     q->_firing = 0;
+    q->_pass = 0;
     uv_timer_init(loop, &q->_uv);
     return 0;
 }
@@ -141,6 +144,7 @@ int crm_timerq_start(crm_timerq_t *q, crm_timer_t *t, uint64_t deadline, crm_tim
 {
     assert(!q->_closing);
     t->cb = cb;
+    t->_pass = q->_pass;
     if (t->_index != 0) {
         size_t i = t->_index - 1;
         uint64_t old = t->deadline;

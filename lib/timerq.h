@@ -28,7 +28,8 @@ typedef void (*crm_timer_cb)(crm_timer_t *timer);
 struct st_crm_timer_t {
     uint64_t deadline; /* absolute, uv_now() milliseconds; read-only while active */
     crm_timer_cb cb;
-    size_t _index; /* position in the heap + 1; 0 when not active */
+    size_t _index;  /* position in the heap + 1; 0 when not active */
+    uint64_t _pass; /* the queue's pass counter when the timer was (re)started */
 };
 
 typedef struct st_crm_timerq_t {
@@ -37,7 +38,8 @@ typedef struct st_crm_timerq_t {
     size_t _size, _capacity;
     uint64_t _armed_at; /* deadline the uv timer is armed for, UINT64_MAX when idle */
     int _closing;
-    int _firing; /* inside on_uv_timer */
+    int _firing;    /* inside on_uv_timer */
+    uint64_t _pass; /* incremented on every on_uv_timer pass */
 } crm_timerq_t;
 
 /* Initialises q on loop with room for `capacity` active timers. */
@@ -64,6 +66,7 @@ static inline void crm_timer_init(crm_timer_t *t)
     t->deadline = 0;
     t->cb = NULL;
     t->_index = 0;
+    t->_pass = 0;
 }
 
 /* Number of active timers. */

@@ -5,7 +5,7 @@
  * security — through the real binary, with no test doubles:
  *   GET  /v1/_diag/echo?value=N            one pipelined point query returning N (correctness under concurrency)
  *   GET  /v1/_diag/sleep?ms=N              pg_sleep on the server (queueing, deadlines, shutdown while in flight)
- *   POST /v1/_diag/audit                   {tenant_id, actions[]}: one transaction inserting the tenant (if new)
+ *   POST /v1/_diag/audit                   {tenant_id, actions[≤60]}: one transaction inserting the tenant (if new)
  *                                          and one audit row per action; an invalid action violates a CHECK and
  *                                          must roll back that whole unit and nothing else
  *   GET  /v1/_diag/audit?tenant_id=T       count of audit rows visible under tenant T: the query has no tenant
@@ -21,7 +21,8 @@
 #include "err.h"
 #include "http_pg.h"
 
-#define MAX_ACTIONS 100
+/* One statement per action plus the tenant's, within the pool's default of 64 statements per unit. */
+#define MAX_ACTIONS 60
 
 static crm_app_t *app_of(crm_http_req_t *req)
 {
@@ -178,7 +179,7 @@ static void on_audit_post(crm_http_req_t *req)
     }
     if (!json_is_array(actions) || json_array_size(actions) == 0 || json_array_size(actions) > MAX_ACTIONS) {
         crm_http_respond_problem(req, 400, "validation-failed", "Validation failed", "Invalid body.",
-                                 field_error("actions", "must be an array of 1 to 100 strings"));
+                                 field_error("actions", "must be an array of 1 to 60 strings"));
         goto out;
     }
     crm_pg_unit_t *u = crm_pg_unit_new(app->pool, CRM_PG_TX);

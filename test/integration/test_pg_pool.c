@@ -21,7 +21,10 @@
  * Arguments: scenario numbers to run only those (`test_pg_pool 5 7`); none runs all. Figures (latencies, counts)
  * are printed as "figure:" lines on stdout.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
 #include <pwd.h>
@@ -171,6 +174,21 @@ static void cluster_setup(void)
     /* Durability is not under test; this makes initdb and the inserts fast on a shared machine. */
     setenv("PG_FSYNC", "off", 1);
     setenv("PG_SYNCHRONOUS_COMMIT", "off", 1);
+    /* Scenario 15 needs TCP (host failover): listen on 127.0.0.1 too, on a port the kernel says is free. */
+    if (getenv("PGPORT") == NULL) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof(sin);
+        CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
+                  getsockname(fd, (struct sockaddr *)&sin, &len) == 0,
+              "finding a free port: %s", strerror(errno));
+        char port[8];
+        snprintf(port, sizeof(port), "%u", ntohs(sin.sin_port));
+        close(fd);
+        setenv("PGPORT", port, 1);
+    }
+    setenv("PG_LISTEN_ADDRESSES", "127.0.0.1", 1);
+    setenv("PG_AUTH_HOST", "trust", 1);
     CHECK(pgsh("init", NULL) == 0, "pg.sh init %s failed (see its output above)", g_dir);
     uint64_t t0 = uv_hrtime();
     CHECK(pgsh("start", NULL) == 0, "pg.sh start %s failed (see its output above)", g_dir);
@@ -1618,6 +1636,178 @@ static void scenario_unresponsive(void)
 }
 
 /* With arguments, runs only the scenarios named by number (for example `test_pg_pool 5 7`); without, all of them. */
+/* ---- 12. an error raised by the commit at the Sync ---- */
+
+static void scenario_commit_time_error(void)
+{
+    env_t e;
+    env_init(&e, "12 error at commit time (deferred constraint)");
+    CHECK(psql("SET client_min_messages = warning; DROP TABLE IF EXISTS child, parent; "
+               "CREATE TABLE parent (id int PRIMARY KEY); "
+               "CREATE TABLE child (pid int REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)") == 0,
+          "psql: CREATE TABLE parent/child failed");
+    stmts_t s;
+    crm_pg_config_t cfg;
+    config(&cfg, 1, 128, 64);
+    crm_pg_pool_t *p = pool_new(&e, &cfg, &s, 0);
+    crm_pg_stmt_t orphan;
+    CHECK(crm_pg_pool_prepare(p, "orphan", "INSERT INTO child (pid) VALUES ($1::int)", 1, &orphan) == 0,
+          "prepare orphan");
+    pool_start_ready(&e, p, 1);
+    /* The deferred foreign key is checked when the transaction commits: in a plain unit at its Sync, in a CRM_PG_TX
+     * unit at its COMMIT. Both must be that unit's SQL error, with the units around them untouched. */
+    rec_t a, b, c, d;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&c, 0, sizeof(c));
+    memset(&d, 0, sizeof(d));
+    submit_ok(unit_one(p, 0, orphan, "999"), &a);
+    submit_ok(unit_one(p, 0, s.dbl, "21"), &b);
+    submit_ok(unit_one(p, CRM_PG_TX, orphan, "998"), &c);
+    submit_ok(unit_one(p, 0, s.dbl, "4"), &d);
+    RUN_UNTIL(&e, a.calls && b.calls && c.calls && d.calls, 5000);
+    CHECK(a.err == CRM_E_DB && strcmp(a.sqlstate, "23503") == 0 && a.error_index == -1,
+          "plain unit: err %s sqlstate '%s' index %d, expected db 23503 at -1", crm_err_name(a.err), a.sqlstate,
+          a.error_index);
+    CHECK(b.err == 0 && strcmp(b.value, "42") == 0, "unit after it: err %s value '%s'", crm_err_name(b.err), b.value);
+    CHECK(c.err == CRM_E_DB && strcmp(c.sqlstate, "23503") == 0 && c.error_index == -1,
+          "CRM_PG_TX unit: err %s sqlstate '%s' index %d, expected db 23503 at -1", crm_err_name(c.err), c.sqlstate,
+          c.error_index);
+    CHECK(d.err == 0 && strcmp(d.value, "8") == 0, "unit after it: err %s value '%s'", crm_err_name(d.err), d.value);
+    CHECK(stats(p).conn_failures == 0 && stats(p).sql_errors == 2, "conn_failures %llu sql_errors %llu",
+          (unsigned long long)stats(p).conn_failures, (unsigned long long)stats(p).sql_errors);
+    pool_close(&e, p);
+    CHECK(psql("SELECT count(*) FROM child") == 0 && psql("DROP TABLE child, parent") == 0, "psql: cleanup");
+    env_close(&e);
+}
+
+/* ---- 13. read-only units survive the loss of the only connection ---- */
+
+static void scenario_terminated_backend(void)
+{
+    env_t e;
+    env_init(&e, "13 read-only units re-run after the only connection is terminated");
+    stmts_t s;
+    crm_pg_config_t cfg;
+    config(&cfg, 1, 128, 64);
+    crm_pg_pool_t *p = pool_new(&e, &cfg, &s, 0);
+    pool_start_ready(&e, p, 1);
+    long pid = backend_pid(&e, p, &s);
+    enum { N = 8 };
+    rec_t r[N];
+    memset(r, 0, sizeof(r));
+    submit_ok(unit_one(p, CRM_PG_READ_ONLY, s.sleep, "0.5"), &r[0]);
+    for (int i = 1; i < N; ++i) {
+        char v[8];
+        snprintf(v, sizeof(v), "%d", i);
+        submit_ok(unit_one(p, CRM_PG_READ_ONLY, s.dbl, v), &r[i]);
+    }
+    RUN_UNTIL(&e, stats(p).in_flight == N, 2000);
+    char sql[96];
+    snprintf(sql, sizeof(sql), "-cSELECT pg_terminate_backend(%ld)", pid);
+    pg_job_t job;
+    pg_job(&e, &job, "psql", sql);
+    int all = 0;
+    RUN_UNTIL(&e,
+              (all = r[0].calls && r[1].calls && r[2].calls && r[3].calls && r[4].calls && r[5].calls && r[6].calls &&
+                     r[7].calls),
+              10000);
+    for (int i = 0; i < N; ++i)
+        CHECK(r[i].calls == 1 && r[i].err == 0, "unit %d: err %s (read-only units must be re-run)", i,
+              crm_err_name(r[i].err));
+    for (int i = 1; i < N; ++i) {
+        char want[8];
+        snprintf(want, sizeof(want), "%d", 2 * i);
+        CHECK(strcmp(r[i].value, want) == 0, "unit %d got '%s'", i, r[i].value);
+    }
+    crm_pg_stats_t st = stats(p);
+    CHECK(st.conn_failures == 1 && st.requeued >= N - 1 && st.reconnects == 1,
+          "conn_failures %llu requeued %llu "
+          "reconnects %llu",
+          (unsigned long long)st.conn_failures, (unsigned long long)st.requeued, (unsigned long long)st.reconnects);
+    CHECK(backend_pid(&e, p, &s) != pid, "a new backend serves");
+    printf("figure: %llu units re-run after pg_terminate_backend, all answered correctly\n",
+           (unsigned long long)st.requeued);
+    pool_close(&e, p);
+    env_close(&e);
+}
+
+/* ---- 14. a write queued behind a slow unit is never answered before it has run ---- */
+
+static void scenario_write_behind_slow_unit(void)
+{
+    env_t e;
+    env_init(&e, "14 a write behind a slow unit keeps its true outcome");
+    CHECK(psql("SET client_min_messages = warning; DROP TABLE IF EXISTS t; CREATE TABLE t (x int PRIMARY KEY)") == 0,
+          "psql: CREATE TABLE t failed");
+    stmts_t s;
+    crm_pg_config_t cfg;
+    config(&cfg, 1, 128, 64);
+    crm_pg_pool_t *p = pool_new(&e, &cfg, &s, WITH_TABLE);
+    pool_start_ready(&e, p, 1);
+    rec_t slow, w, rd;
+    memset(&slow, 0, sizeof(slow));
+    memset(&w, 0, sizeof(w));
+    memset(&rd, 0, sizeof(rd));
+    submit_ok(unit_one(p, 0, s.sleep, "1"), &slow);
+    uv_update_time(&e.loop);
+    crm_pg_unit_t *uw = unit_one(p, 0, s.ins, "42");
+    crm_pg_unit_set_deadline(uw, uv_now(&e.loop) + 100);
+    submit_ok(uw, &w);
+    crm_pg_unit_t *ur = unit_one(p, CRM_PG_READ_ONLY, s.one, NULL);
+    crm_pg_unit_set_deadline(ur, uv_now(&e.loop) + 100);
+    submit_ok(ur, &rd);
+    RUN_UNTIL(&e, slow.calls && w.calls && rd.calls, 5000);
+    /* The read may be answered early: running later changes nothing. The write must not be: it waits for its turn
+     * and reports what really happened to it. */
+    CHECK(rd.err == CRM_E_DEADLINE && rec_ms(&rd) < 800, "read: err %s after %.0f ms", crm_err_name(rd.err),
+          rec_ms(&rd));
+    CHECK(slow.err == 0, "slow unit: %s", crm_err_name(slow.err));
+    rec_t l = run_unit(&e, p, 0, s.list, NULL);
+    int committed = strcmp(l.value, "42") == 0;
+    CHECK((w.err == 0) == committed, "write answered %s but the row is %s", crm_err_name(w.err),
+          committed ? "there" : "absent");
+    CHECK(rec_ms(&w) >= 900, "the write was answered after %.0f ms, before the slow unit ahead of it finished",
+          rec_ms(&w));
+    CHECK(stats(p).conn_failures == 0, "no connection was recycled");
+    printf("figure: read answered early at %.0f ms; write answered %s at %.0f ms, row %s\n", rec_ms(&rd),
+           crm_err_name(w.err), rec_ms(&w), committed ? "committed" : "absent");
+    pool_close(&e, p);
+    CHECK(psql("DROP TABLE t") == 0, "psql: DROP TABLE t failed");
+    env_close(&e);
+}
+
+/* ---- 15. failover to the next host ---- */
+
+static void scenario_host_failover(void)
+{
+    env_t e;
+    env_init(&e, "15 the first host refuses, the second serves");
+    char conninfo[256];
+    const char *port = getenv("PGPORT");
+    /* Port 1 on loopback refuses at once; libpq moves on to the second host, usually on the same descriptor
+     * number. The pool must follow it to that new socket. */
+    snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1,127.0.0.1 port=1,%s user=%s dbname=postgres", port,
+             geteuid() == 0 ? "postgres" : getpwuid(geteuid())->pw_name);
+    stmts_t s;
+    crm_pg_config_t cfg;
+    config(&cfg, 2, 128, 64);
+    cfg.conninfo = conninfo;
+    cfg.connect_timeout_ms = 3000;
+    crm_pg_pool_t *p = pool_new(&e, &cfg, &s, 0);
+    uint64_t t0 = uv_hrtime();
+    CHECK(crm_pg_pool_start(p) == 0, "start");
+    RUN_UNTIL(&e, stats(p).conns[CRM_PG_CONN_READY] == 2, 10000);
+    double ms = ms_since(t0);
+    CHECK(ms < 2000, "connections became ready after %.0f ms (a connect timeout would be 3000)", ms);
+    rec_t r = run_unit(&e, p, 0, s.dbl, "5");
+    CHECK(r.err == 0 && strcmp(r.value, "10") == 0, "unit over the second host: %s", crm_err_name(r.err));
+    CHECK(stats(p).conn_failures == 0, "no attempt failed");
+    printf("figure: both connections ready over the second host in %.1f ms\n", ms);
+    pool_close(&e, p);
+    env_close(&e);
+}
+
 int main(int argc, char **argv)
 {
     static void (*const scenarios[])(void) = {
@@ -1633,6 +1823,10 @@ int main(int argc, char **argv)
         scenario_prepare_failure,
         scenario_large,
         scenario_unresponsive,
+        scenario_commit_time_error,
+        scenario_terminated_backend,
+        scenario_write_behind_slow_unit,
+        scenario_host_failover,
     };
     const int n = (int)(sizeof(scenarios) / sizeof(scenarios[0]));
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -10,6 +10,9 @@
 # As root the server cannot run as root, so every server-side command runs as the `postgres` user through
 # runuser, and DIR is handed to that user. The cluster trusts local socket connections only: the socket
 # directory is private to the cluster owner and root, so nobody else on the machine can connect.
+#
+# Environment at init: PGPORT (5432; also names the socket), PG_FSYNC and PG_SYNCHRONOUS_COMMIT (on),
+# PG_LISTEN_ADDRESSES ('' = no TCP) and PG_AUTH_HOST (reject) — tests that need TCP use 127.0.0.1 and trust.
 set -eu
 
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
@@ -48,10 +51,10 @@ init)
         fi
     fi
     as_owner mkdir -p "$run"
-    as_owner "$PGBIN/initdb" -D "$data" -U "$(superuser)" --auth-local=trust --auth-host=reject \
+    as_owner "$PGBIN/initdb" -D "$data" -U "$(superuser)" --auth-local=trust --auth-host="${PG_AUTH_HOST:-reject}" \
         --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
     cat >>"$data/postgresql.conf" <<CONF
-listen_addresses = ''
+listen_addresses = '${PG_LISTEN_ADDRESSES:-}'
 unix_socket_directories = '$run'
 unix_socket_permissions = 0770
 port = $PGPORT

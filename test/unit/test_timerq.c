@@ -157,6 +157,33 @@ static void test_rearm_from_callback_runs_next_iteration(void **state)
     close_and_check(&loop, &q);
 }
 
+/* The same with many timers pending far in the future: their presence must not let the re-armed timer fire again
+ * within the pass (a budget counting all timers, rather than the pass a timer was started in, would). */
+static void test_rearm_with_other_timers_pending(void **state)
+{
+    uv_loop_t loop;
+    crm_timerq_t q;
+    item_t it, far[8];
+    uv_loop_init(&loop);
+    assert_int_equal(crm_timerq_init(&loop, &q, 16), 0);
+    current_q = &q;
+    uint64_t now = uv_now(&loop);
+    for (int i = 0; i < 8; ++i) {
+        crm_timer_init(&far[i].timer);
+        assert_int_equal(crm_timerq_start(&q, &far[i].timer, now + 600000, on_fire), 0);
+    }
+    crm_timer_init(&it.timer);
+    rearm_count = 0;
+    assert_int_equal(crm_timerq_start(&q, &it.timer, now, on_rearm), 0);
+    uv_run(&loop, UV_RUN_ONCE);
+    assert_true(rearm_count >= 1 && rearm_count <= 2);
+    while (rearm_count < 3)
+        uv_run(&loop, UV_RUN_ONCE);
+    for (int i = 0; i < 8; ++i)
+        crm_timerq_stop(&q, &far[i].timer);
+    close_and_check(&loop, &q);
+}
+
 /* Stopping the earliest timer and then everything leaves no armed uv timer: uv_run returns instead of waiting. */
 static void test_idle_after_stop_does_not_keep_the_loop_alive(void **state)
 {
@@ -185,6 +212,7 @@ int main(void)
         cmocka_unit_test(test_stop_and_restart),
         cmocka_unit_test(test_capacity_is_a_hard_bound),
         cmocka_unit_test(test_rearm_from_callback_runs_next_iteration),
+        cmocka_unit_test(test_rearm_with_other_timers_pending),
         cmocka_unit_test(test_idle_after_stop_does_not_keep_the_loop_alive),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
