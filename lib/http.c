@@ -573,17 +573,6 @@ int crm_http_await_done(crm_http_req_t *r)
     return r->h2o != NULL && !r->_answered;
 }
 
-uint64_t crm_http_remaining_ms(const crm_http_req_t *r)
-{
-    uint64_t now = uv_now(r->server->loop);
-    return r->deadline_ms > now ? r->deadline_ms - now : 0;
-}
-
-uv_loop_t *crm_http_server_loop(const crm_http_server_t *s)
-{
-    return s->loop;
-}
-
 /* ---- the request path ---- */
 
 static void on_req_timeout(h2o_timeout_entry_t *entry)

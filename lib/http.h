@@ -154,10 +154,4 @@ void crm_http_await(crm_http_req_t *req, void *op, void (*cancel)(void *op));
  * answered (deadline) or abandoned, in which case the caller must not touch it. */
 int crm_http_await_done(crm_http_req_t *req);
 
-/* Milliseconds left before the request's deadline (0 when past). */
-uint64_t crm_http_remaining_ms(const crm_http_req_t *req);
-
-/* The loop the server runs on. */
-uv_loop_t *crm_http_server_loop(const crm_http_server_t *s);
-
 #endif

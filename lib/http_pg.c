@@ -32,8 +32,13 @@ int crm_http_pg_submit(crm_http_req_t *req, crm_pg_unit_t *unit, crm_pg_unit_cb 
         crm_http_respond_error(req, err);
         return err;
     }
-    crm_http_await(req, unit, detach_unit);
+    crm_http_pg_await(req, unit);
     return 0;
+}
+
+void crm_http_pg_await(crm_http_req_t *req, crm_pg_unit_t *unit)
+{
+    crm_http_await(req, unit, detach_unit);
 }
 
 crm_http_req_t *crm_http_pg_resume(void *data)

@@ -26,6 +26,10 @@
  * returns the error. */
 int crm_http_pg_submit(crm_http_req_t *req, crm_pg_unit_t *unit, crm_pg_unit_cb cb);
 
+/* Makes `req` await a unit that its handler submitted itself (for handlers that answer a refused submit their own
+ * way): if the request goes away first, the unit is detached and its callback never runs. */
+void crm_http_pg_await(crm_http_req_t *req, crm_pg_unit_t *unit);
+
 /* In a unit callback: the request to answer, or NULL when it no longer wants an answer. */
 crm_http_req_t *crm_http_pg_resume(void *data);
 

@@ -358,21 +358,19 @@ static int format_body(out_t *o, const struct timespec *ts, crm_log_level_t leve
                        const crm_log_field_t *fields, size_t n)
 {
     int truncated = 0;
-    struct tm tm;
-    char head[96];
 
     /* The date and time down to the second change once a second: format them once per second and thread, and only
      * the milliseconds per line (gmtime_r and snprintf were a visible share of a request's cost). */
     static __thread time_t cached_sec = -1;
     static __thread char cached_prefix[64];
-    int have_time = 1;
-    if (ts->tv_sec != cached_sec) {
+    int have_time = ts->tv_sec == cached_sec;
+    if (!have_time) {
+        struct tm tm;
         if (gmtime_r(&ts->tv_sec, &tm) != NULL) {
             snprintf(cached_prefix, sizeof(cached_prefix), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
             cached_sec = ts->tv_sec;
-        } else {
-            have_time = 0;
+            have_time = 1;
         }
     }
     if (have_time) {
@@ -382,16 +380,13 @@ static int format_body(out_t *o, const struct timespec *ts, crm_log_level_t leve
         put_lit(o, cached_prefix);
         put_lit(o, frac);
         put_lit(o, "\",\"level\":\"");
-        put_lit(o, level_names[level]);
-        put_lit(o, "\",\"event\":");
-        head[0] = '\0';
     } else {
         /* Only a clock beyond the range of struct tm gets here; null keeps the line valid without inventing a
          * time. */
-        snprintf(head, sizeof(head), "{\"ts\":null,\"level\":\"%s\",\"event\":", level_names[level]);
+        put_lit(o, "{\"ts\":null,\"level\":\"");
     }
-    if (head[0] != '\0')
-        put_lit(o, head);
+    put_lit(o, level_names[level]);
+    put_lit(o, "\",\"event\":");
     put_string(o, event, event != NULL ? strlen(event) : 0, &truncated);
 
     for (size_t i = 0; i < n; i++) {

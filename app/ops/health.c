@@ -103,11 +103,6 @@ static json_t *pool_figures(crm_app_t *app)
                      "retry_after_ms", (json_int_t)crm_breaker_retry_after_ms(b), "rejected", (json_int_t)b->rejected);
 }
 
-static void detach_unit(void *op)
-{
-    crm_pg_unit_detach(op);
-}
-
 static void on_probe_done(crm_pg_unit_t *u, int err, void *data)
 {
     crm_http_req_t *req = crm_http_pg_resume(data);
@@ -146,7 +141,7 @@ static void on_database(crm_http_req_t *req)
         crm_http_respond_json(req, 503, doc);
         return;
     }
-    crm_http_await(req, u, detach_unit);
+    crm_http_pg_await(req, u);
 }
 
 /* ---- /openapi.yaml ---- */
