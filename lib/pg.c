@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backoff.h"
 #include "err.h"
 #include "log.h"
-#include "rand.h"
 #include "timerq.h"
 
 /* PostgreSQL accepts up to 65535 parameters per statement; crmd's statements use a handful, and a bound keeps the
@@ -1452,13 +1452,8 @@ static void conn_process(pg_conn_t *c)
 
 static uint64_t backoff_delay(const crm_pg_pool_t *pool, unsigned failures)
 {
-    uint64_t cap = pool->cfg.reconnect_min_ms;
-    for (unsigned i = 1; i < failures && cap < pool->cfg.reconnect_max_ms; ++i)
-        cap *= 2;
-    if (cap > pool->cfg.reconnect_max_ms)
-        cap = pool->cfg.reconnect_max_ms;
     /* Full jitter: many crmd processes that lost the database at the same moment must not come back in step. */
-    return crm_rand_below(cap + 1);
+    return crm_backoff_full_jitter(pool->cfg.reconnect_min_ms, pool->cfg.reconnect_max_ms, failures);
 }
 
 static int pool_can_connect_soon(const crm_pg_pool_t *pool)
