@@ -10,6 +10,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "mailer/mailer.h"
 
 #define PREFLIGHT_TIMEOUT_MS 10000
 
@@ -17,6 +18,11 @@ static void close_handle_noop(uv_handle_t *h)
 {
 }
 
+/*
+ * Shutdown order: the HTTP server drains while the job runner lets its handlers finish (both within
+ * CRMD_SHUTDOWN_GRACE_MS); then the outbound client closes (ending any call still in flight), then the database
+ * pool, then the signal handles; h2o's context is disposed after uv_run returns.
+ */
 static void on_pool_closed(void *data)
 {
     crm_app_t *app = data;
@@ -27,11 +33,48 @@ static void on_pool_closed(void *data)
     uv_stop(app->loop);
 }
 
+static void on_httpc_closed(void *data)
+{
+    crm_app_t *app = data;
+    app->httpc = NULL;
+    crm_log(CRM_LOG_INFO, "shutdown.outbound_closed");
+    if (app->pool != NULL)
+        crm_pg_pool_close(app->pool, on_pool_closed, app);
+    else
+        on_pool_closed(app);
+}
+
+/* The last steps, once nothing that calls out or into the database is left. */
+static void close_outbound_and_pool(crm_app_t *app)
+{
+    if (app->httpc != NULL)
+        crm_httpc_close(app->httpc, on_httpc_closed, app);
+    else
+        on_httpc_closed(app);
+}
+
+static void part_stopped(crm_app_t *app)
+{
+    if (--app->_stopping_parts == 0)
+        close_outbound_and_pool(app);
+}
+
+static void on_jobs_stopped(void *data)
+{
+    crm_app_t *app = data;
+    crm_jobs_stats_t st;
+    crm_jobs_stats(app->jobs, &st);
+    crm_log(CRM_LOG_INFO, "shutdown.jobs_stopped", CRM_LOG_UINT("released", st.released));
+    /* The runner frees itself once its last handler has ended; nothing here may touch it again. */
+    app->jobs = NULL;
+    part_stopped(app);
+}
+
 static void on_http_closed(void *data)
 {
     crm_app_t *app = data;
     crm_log(CRM_LOG_INFO, "shutdown.http_closed");
-    crm_pg_pool_close(app->pool, on_pool_closed, app);
+    part_stopped(app);
 }
 
 static void on_http_drained(void *data)
@@ -50,7 +93,10 @@ static void begin_shutdown(crm_app_t *app, const char *why)
             CRM_LOG_UINT("in_flight", crm_http_server_in_flight(app->http)),
             CRM_LOG_INT("grace_ms", app->config->shutdown_grace_ms));
     crm_ops_stop(app);
+    app->_stopping_parts = 2;
     crm_http_server_drain(app->http, (uint64_t)app->config->shutdown_grace_ms, on_http_drained, app);
+    if (crm_jobs_stop(app->jobs, (uint64_t)app->config->shutdown_grace_ms, on_jobs_stopped, app) != 0)
+        part_stopped(app);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -178,13 +224,66 @@ static int build_http(crm_app_t *app, char *addr, size_t addrcap)
     return crm_http_server_listen(app->http, addr, addrcap);
 }
 
+static int build_outbound(crm_app_t *app)
+{
+    const crm_config_t *cfg = app->config;
+    crm_httpc_config_t hc;
+    crm_httpc_config_default(&hc);
+    hc.ca_file = cfg->upstream_ca_file;
+    int err = crm_httpc_create(app->loop, &hc, &app->httpc);
+    if (err != 0) {
+        crm_log(CRM_LOG_ERROR, "startup.outbound_failed", CRM_LOG_STR("error", crm_err_str(err)));
+        return err;
+    }
+    static const char *const upstreams[] = {"google-oauth", "gmail", "stripe", "docusign", "smtp"};
+    for (size_t i = 0; i < sizeof(upstreams) / sizeof(upstreams[0]) && err == 0; ++i) {
+        crm_httpc_upstream_config_t uc;
+        crm_httpc_upstream_config_default(&uc, upstreams[i]);
+        uc.max_in_flight = (size_t)cfg->upstream_max_in_flight;
+        uc.queue_max = (size_t)cfg->upstream_queue_max;
+        uc.connect_timeout_ms = (uint64_t)cfg->upstream_connect_timeout_ms;
+        uc.max_attempts = (unsigned)cfg->upstream_max_attempts;
+        uc.breaker.open_ms = (uint64_t)cfg->upstream_breaker_open_ms;
+        err = crm_httpc_upstream_add(app->httpc, &uc, NULL);
+    }
+    if (err == 0)
+        err = crm_httpc_register_metrics(app->httpc, &app->metrics);
+    return err;
+}
+
+static int build_jobs(crm_app_t *app)
+{
+    const crm_config_t *cfg = app->config;
+    crm_jobs_config_t jc;
+    crm_jobs_config_default(&jc);
+    jc.concurrency = (size_t)cfg->jobs_concurrency;
+    jc.lease_ms = (uint64_t)cfg->jobs_lease_ms;
+    jc.poll_ms = (uint64_t)cfg->jobs_poll_ms;
+    jc.backoff_base_ms = (uint64_t)cfg->jobs_backoff_base_ms;
+    jc.backoff_max_ms = (uint64_t)cfg->jobs_backoff_max_ms;
+    /* A crashed process's jobs wait for their lease to expire plus at most this. */
+    jc.reclaim_ms = jc.lease_ms / 4 < 100 ? 100 : (jc.lease_ms / 4 > 5000 ? 5000 : jc.lease_ms / 4);
+    int err = crm_jobs_create(app->loop, app->pool, &jc, &app->jobs);
+    if (err == 0)
+        err = crm_jobs_prepare(app->jobs);
+    if (err == 0 && (err = crm_app_mail_init(app)) == 0)
+        err = crm_app_mail_register(app);
+    if (err == 0 && cfg->env == CRM_ENV_TEST)
+        err = crm_diag_jobs_register(app);
+    if (err == 0)
+        err = crm_jobs_register_metrics(app->jobs, &app->metrics);
+    if (err != 0)
+        crm_log(CRM_LOG_ERROR, "startup.jobs_failed", CRM_LOG_STR("error", crm_err_str(err)));
+    return err;
+}
+
 int crm_app_print_routes(FILE *out)
 {
     crm_app_t app;
     memset(&app, 0, sizeof(app));
     int err = crm_router_init(&app.router);
     size_t public_routes = 0;
-    if (err == 0 && (err = crm_ops_routes(&app)) == 0) {
+    if (err == 0 && (err = crm_ops_routes(&app)) == 0 && (err = crm_ops_jobs_routes(&app)) == 0) {
         public_routes = crm_router_count(&app.router);
         err = crm_diag_routes(&app);
     }
@@ -232,8 +331,12 @@ int crm_app_run(const crm_config_t *cfg)
     int err = crm_router_init(&app.router);
     if (err == 0)
         err = build_pool(&app);
+    if (err == 0)
+        err = build_outbound(&app);
+    if (err == 0)
+        err = build_jobs(&app);
     if (err == 0 && (err = crm_ops_prepare(&app)) == 0 && (err = crm_ops_routes(&app)) == 0 &&
-        cfg->env == CRM_ENV_TEST && (err = crm_diag_prepare(&app)) == 0)
+        (err = crm_ops_jobs_routes(&app)) == 0 && cfg->env == CRM_ENV_TEST && (err = crm_diag_prepare(&app)) == 0)
         err = crm_diag_routes(&app);
     if (err == 0)
         err = build_http(&app, addr, sizeof(addr));
@@ -241,6 +344,8 @@ int crm_app_run(const crm_config_t *cfg)
         err = crm_pg_pool_register_metrics(app.pool, &app.metrics);
     if (err == 0)
         err = crm_pg_pool_start(app.pool);
+    if (err == 0 && cfg->jobs_enabled && (err = crm_jobs_start(app.jobs)) == 0)
+        app.jobs_running = 1;
 
     uv_signal_init(&loop, &app._sigterm);
     uv_signal_init(&loop, &app._sigint);
@@ -251,21 +356,19 @@ int crm_app_run(const crm_config_t *cfg)
         crm_ops_start(&app);
         const char *scheme = cfg->tls_cert != NULL ? "https" : "http";
         crm_log(CRM_LOG_INFO, "startup.listening", CRM_LOG_STR("url_scheme", scheme), CRM_LOG_STR("addr", addr),
-                CRM_LOG_STR("env", crm_deploy_env_name(cfg->env)), CRM_LOG_STR("version", CRMD_VERSION));
+                CRM_LOG_STR("env", crm_deploy_env_name(cfg->env)), CRM_LOG_STR("version", CRMD_VERSION),
+                CRM_LOG_BOOL("jobs", app.jobs_running));
         printf("crmd %s listening on %s://%s (pid %d)\n", CRMD_VERSION, scheme, addr, (int)getpid());
         fflush(stdout);
         uv_run(&loop, UV_RUN_DEFAULT);
     } else {
         app._exit_code = 1;
         crm_log(CRM_LOG_ERROR, "startup.failed", CRM_LOG_STR("error", crm_err_str(err)));
-        if (app.pool != NULL) {
-            app.shutting_down = 1;
-            crm_pg_pool_close(app.pool, on_pool_closed, &app);
-            uv_run(&loop, UV_RUN_DEFAULT);
-        } else {
-            uv_close((uv_handle_t *)&app._sigterm, close_handle_noop);
-            uv_close((uv_handle_t *)&app._sigint, close_handle_noop);
-        }
+        app.shutting_down = 1;
+        app._stopping_parts = 1;
+        if (app.jobs == NULL || crm_jobs_stop(app.jobs, 0, on_jobs_stopped, &app) != 0)
+            part_stopped(&app);
+        uv_run(&loop, UV_RUN_DEFAULT);
     }
 
     crm_http_server_dispose(app.http);

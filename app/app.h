@@ -14,6 +14,9 @@
 
 #include "config.h"
 #include "http.h"
+#include "httpc.h"
+#include "jobs.h"
+#include "mail/smtp.h"
 #include "metrics.h"
 #include "migrate.h"
 #include "pg.h"
@@ -38,10 +41,17 @@ struct st_crm_app_t {
     uv_loop_t *loop;
     crm_pg_pool_t *pool;
     crm_http_server_t *http;
+    crm_httpc_t *httpc; /* outbound calls: upstreams google-oauth, gmail, stripe, docusign, smtp */
+    crm_jobs_t *jobs;   /* the job queue; its runner claims jobs only with CRMD_JOBS=1 */
+    struct {
+        char from_addr[256], from_name[256], domain[256]; /* from CRMD_MAIL_FROM */
+        crm_mail_relay_t relay;
+    } mail;
     crm_router_t router;
     crm_metrics_t metrics;
     crm_readiness_t ready;
     int shutting_down;
+    int jobs_running; /* the runner was started (CRMD_JOBS=1) */
     uint64_t started_at_ms;
     /* private */
     uv_signal_t _sigterm, _sigint;
@@ -51,8 +61,9 @@ struct st_crm_app_t {
         crm_pg_stmt_t ping, schema_versions;
     } _ops_stmts;
     struct {
-        crm_pg_stmt_t echo, sleep, tenant, audit, audit_count;
+        crm_pg_stmt_t echo, sleep, tenant, audit, audit_count, job_run;
     } _diag_stmts;
+    int _stopping_parts; /* HTTP server and job runner still stopping */
 };
 
 /* Prints every route crmd can register, one per line: "METHOD PATTERN" plus " test-only" for the diagnostics
@@ -71,5 +82,9 @@ void crm_ops_stop(crm_app_t *app);
 /* Test-environment diagnostics (app/ops/diag.c): registered only with CRMD_ENV=test. */
 int crm_diag_prepare(crm_app_t *app);
 int crm_diag_routes(crm_app_t *app);
+int crm_diag_jobs_register(crm_app_t *app);
+
+/* The job queue's operator endpoints (app/ops/jobs.c). */
+int crm_ops_jobs_routes(crm_app_t *app);
 
 #endif

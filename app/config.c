@@ -1,8 +1,10 @@
 #include "config.h"
 
 #include "err.h"
+#include "mail/address.h"
 
 #include <ctype.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <string.h>
@@ -10,6 +12,14 @@
 
 /* An operator token guards /metrics and /health/database; 32 bytes is the usual floor for a bearer secret. */
 #define TOKEN_MIN_BYTES 32
+
+/* The real services; tests point these at test/fakes. */
+#define DEFAULT_GOOGLE_OAUTH_URL "https://oauth2.googleapis.com"
+#define DEFAULT_GMAIL_API_URL    "https://gmail.googleapis.com"
+#define DEFAULT_STRIPE_API_URL   "https://api.stripe.com"
+#define DEFAULT_DOCUSIGN_API_URL "https://www.docusign.net/restapi"
+#define DEFAULT_SMTP_URL         "smtp://127.0.0.1:25"
+#define DEFAULT_MAIL_FROM        "crmd <crmd@localhost>"
 
 /* Host names quoted back in messages are cut to this length. */
 #define HOST_EXCERPT_MAX 40
@@ -40,7 +50,26 @@
       "Default limit on a request body, in bytes (routes may set lower ones)")                                         \
     X("CRMD_MAX_CONNECTIONS", max_connections, 1, 1000000, 10000, "Simultaneous client connections accepted")          \
     X("CRMD_SHUTDOWN_GRACE_MS", shutdown_grace_ms, 0, 600000, 10000,                                                   \
-      "How long in-flight requests may finish after SIGTERM, in milliseconds")
+      "How long in-flight requests may finish after SIGTERM, in milliseconds")                                         \
+    X("CRMD_UPSTREAM_MAX_IN_FLIGHT", upstream_max_in_flight, 1, 4096, 64,                                              \
+      "Outbound requests in progress at once, per upstream; more wait in a bounded queue")                             \
+    X("CRMD_UPSTREAM_QUEUE_MAX", upstream_queue_max, 0, 1000000, 1024,                                                 \
+      "Outbound requests waiting for a slot, per upstream, before new ones are refused")                               \
+    X("CRMD_UPSTREAM_CONNECT_TIMEOUT_MS", upstream_connect_timeout_ms, 100, 60000, 5000,                               \
+      "Longest an outbound connection attempt may take, in milliseconds")                                              \
+    X("CRMD_UPSTREAM_MAX_ATTEMPTS", upstream_max_attempts, 1, 10, 3,                                                   \
+      "Attempts per outbound request that may be repeated (idempotent, or with an idempotency key)")                   \
+    X("CRMD_UPSTREAM_BREAKER_OPEN_MS", upstream_breaker_open_ms, 100, 600000, 30000,                                   \
+      "How long an upstream's circuit breaker stays open before a trial call, in milliseconds")                        \
+    X("CRMD_JOBS_CONCURRENCY", jobs_concurrency, 1, 4096, 64, "Jobs this process runs at once")                        \
+    X("CRMD_JOBS_LEASE_MS", jobs_lease_ms, 1000, 3600000, 30000,                                                       \
+      "Lease on a claimed job, renewed while it runs; a crashed process's jobs run again after it expires")            \
+    X("CRMD_JOBS_POLL_MS", jobs_poll_ms, 10, 60000, 500, "How often an idle job runner looks for due jobs, in ms")     \
+    X("CRMD_JOBS_BACKOFF_BASE_MS", jobs_backoff_base_ms, 10, 3600000, 1000,                                            \
+      "A failed job waits up to this before its second attempt; the cap doubles with every attempt (full jitter)")     \
+    X("CRMD_JOBS_BACKOFF_MAX_MS", jobs_backoff_max_ms, 10, 86400000, 3600000,                                          \
+      "The longest wait between two attempts of a job, in milliseconds")                                               \
+    X("CRMD_MAIL_TIMEOUT_MS", mail_timeout_ms, 1000, 600000, 30000, "Deadline of one SMTP submission, in milliseconds")
 
 #define CRM_CONFIG_INT_ENTRY(name, field, min, max, def, help) {name, #def, help " (" #min ".." #max ")"},
 #define CRM_CONFIG_INT_LOAD(name, field, min, max, def, help)  c->field = crm_env_int(e, name, def, min, max);
@@ -65,6 +94,21 @@ const crm_config_var_t crm_config_vars[] = {
      "production; unset, those endpoints answer 401"},
     {"CRMD_LOG_LEVEL", "info", "debug, info, warn, error or off"},
     {"CRMD_ACCESS_LOG", "1", "1 to log one line per HTTP request"},
+    {"CRMD_GOOGLE_OAUTH_URL", DEFAULT_GOOGLE_OAUTH_URL,
+     "Base URL of Google's OAuth 2.0 endpoints; https in production"},
+    {"CRMD_GMAIL_API_URL", DEFAULT_GMAIL_API_URL, "Base URL of the Gmail API; https in production"},
+    {"CRMD_STRIPE_API_URL", DEFAULT_STRIPE_API_URL, "Base URL of the Stripe API; https in production"},
+    {"CRMD_DOCUSIGN_API_URL", DEFAULT_DOCUSIGN_API_URL, "Base URL of the DocuSign eSignature API; https in production"},
+    {"CRMD_SMTP_URL", DEFAULT_SMTP_URL " outside production",
+     "Mail relay, smtp://host[:port] (STARTTLS when offered, required with credentials) or smtps://host[:port] "
+     "(implicit TLS); required in production, where a remote relay needs smtps:// or credentials"},
+    {"CRMD_SMTP_USERNAME", "(none)", "SMTP AUTH user name; unset, no AUTH"},
+    {"CRMD_SMTP_PASSWORD", "(none)", "SMTP AUTH password; sent only over TLS"},
+    {"CRMD_MAIL_FROM", DEFAULT_MAIL_FROM " outside production",
+     "From address of the mail crmd sends, addr@domain or Name <addr@domain>; required in production"},
+    {"CRMD_UPSTREAM_CA_FILE", "(none)",
+     "PEM file of CA certificates to trust for outbound TLS instead of the system store"},
+    {"CRMD_JOBS", "1", "1 to run queued jobs in this process, 0 to only enqueue them (another process runs them)"},
     CRM_CONFIG_INT_VARS(CRM_CONFIG_INT_ENTRY)};
 
 const size_t crm_config_nvars = sizeof(crm_config_vars) / sizeof(crm_config_vars[0]);
@@ -409,6 +453,101 @@ static void load_operator_token(crm_config_t *c, crm_env_t *e)
                         TOKEN_MIN_BYTES, why, TOKEN_MIN_BYTES);
 }
 
+/* Reads an upstream base URL: absolute, http(s) (https in production), no query or fragment, no credentials, no
+ * trailing slash (paths are appended to it). */
+static const char *load_upstream_url(crm_env_t *e, const char *var, const char *def, int prod)
+{
+    const char *v = crm_env_str(e, var, def);
+    CURLU *u = curl_url();
+    char *scheme = NULL, *query = NULL, *fragment = NULL, *user = NULL;
+    if (u == NULL)
+        return v;
+    size_t len = strlen(v);
+    if (curl_url_set(u, CURLUPART_URL, v, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        (strcmp(scheme, "https") != 0 && strcmp(scheme, "http") != 0))
+        crm_env_problem(e, var, 0, "must be an absolute http:// or https:// URL");
+    else if (prod && strcmp(scheme, "https") != 0)
+        crm_env_problem(e, var, 0, "must be https:// in production");
+    else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
+             curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK ||
+             curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
+        crm_env_problem(e, var, 0, "must be a base URL without credentials, query or fragment");
+    else if (len > 0 && v[len - 1] == '/')
+        crm_env_problem(e, var, 0, "must not end with a slash");
+    curl_free(scheme);
+    curl_free(query);
+    curl_free(fragment);
+    curl_free(user);
+    curl_url_cleanup(u);
+    return v;
+}
+
+/* The mail relay: smtp:// or smtps://. In production a relay that is not on this host must be reached over TLS:
+ * smtps://, or smtp:// with credentials (which makes STARTTLS mandatory). */
+static void load_smtp(crm_config_t *c, crm_env_t *e, int prod)
+{
+    c->smtp_url = crm_env_str(e, "CRMD_SMTP_URL", prod ? NULL : DEFAULT_SMTP_URL);
+    c->smtp_username = crm_env_str(e, "CRMD_SMTP_USERNAME", NULL);
+    c->smtp_password = crm_env_str(e, "CRMD_SMTP_PASSWORD", NULL);
+    if ((c->smtp_username == NULL) != (c->smtp_password == NULL))
+        crm_env_problem(e, "CRMD_SMTP_USERNAME", 0, "must be set together with CRMD_SMTP_PASSWORD");
+    if (c->smtp_url == NULL) {
+        crm_env_problem(e, "CRMD_SMTP_URL", 0, "is required in production (the relay verification mail goes through)");
+        return;
+    }
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *user = NULL;
+    if (u == NULL)
+        return;
+    if (curl_url_set(u, CURLUPART_URL, c->smtp_url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        (strcmp(scheme, "smtp") != 0 && strcmp(scheme, "smtps") != 0) ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+        crm_env_problem(e, "CRMD_SMTP_URL", 0, "must be smtp://host[:port] or smtps://host[:port]");
+    else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
+        crm_env_problem(e, "CRMD_SMTP_URL", 0, "must not carry credentials; use CRMD_SMTP_USERNAME/PASSWORD");
+    else if (prod && strcmp(scheme, "smtps") != 0 && c->smtp_username == NULL && !crm_host_is_loopback(host))
+        crm_env_problem(e, "CRMD_SMTP_URL", 0,
+                        "reaches a remote relay without TLS; use smtps://, or set credentials (STARTTLS is then "
+                        "required)");
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(user);
+    curl_url_cleanup(u);
+    if (c->smtp_password != NULL && prod) {
+        const char *why;
+        if (crm_secret_is_weak(c->smtp_password, 8, &why))
+            crm_env_problem(e, "CRMD_SMTP_PASSWORD", 0, "is a placeholder or too weak (%s)", why);
+    }
+}
+
+static void load_outbound(crm_config_t *c, crm_env_t *e, int prod)
+{
+    c->google_oauth_url = load_upstream_url(e, "CRMD_GOOGLE_OAUTH_URL", DEFAULT_GOOGLE_OAUTH_URL, prod);
+    c->gmail_api_url = load_upstream_url(e, "CRMD_GMAIL_API_URL", DEFAULT_GMAIL_API_URL, prod);
+    c->stripe_api_url = load_upstream_url(e, "CRMD_STRIPE_API_URL", DEFAULT_STRIPE_API_URL, prod);
+    c->docusign_api_url = load_upstream_url(e, "CRMD_DOCUSIGN_API_URL", DEFAULT_DOCUSIGN_API_URL, prod);
+    load_smtp(c, e, prod);
+    c->mail_from = crm_env_str(e, "CRMD_MAIL_FROM", prod ? NULL : DEFAULT_MAIL_FROM);
+    crm_mail_address_list_t *from = NULL;
+    if (c->mail_from == NULL)
+        crm_env_problem(e, "CRMD_MAIL_FROM", 0, "is required in production (the From of verification mail)");
+    else if (crm_mail_address_parse(c->mail_from, strlen(c->mail_from), NULL, &from) != 0 || from->count != 1 ||
+             from->invalid != 0 || from->items[0].group != NULL)
+        crm_env_problem(e, "CRMD_MAIL_FROM", 0, "must be one mailbox, addr@domain or Name <addr@domain>");
+    crm_mail_address_list_free(from);
+    c->upstream_ca_file = crm_env_str(e, "CRMD_UPSTREAM_CA_FILE", NULL);
+    if (c->upstream_ca_file != NULL && access(c->upstream_ca_file, R_OK) != 0) {
+        char shown[64];
+        crm_env_problem(e, "CRMD_UPSTREAM_CA_FILE", 0, "cannot read \"%s\": %s",
+                        crm_env_excerpt(shown, sizeof(shown), c->upstream_ca_file, 48), strerror(errno));
+    }
+    c->jobs_enabled = crm_env_bool(e, "CRMD_JOBS", 1);
+    if (c->jobs_backoff_max_ms < c->jobs_backoff_base_ms)
+        crm_env_problem(e, "CRMD_JOBS_BACKOFF_MAX_MS", 0, "must not be less than CRMD_JOBS_BACKOFF_BASE_MS");
+}
+
 int crm_config_load(crm_config_t *c, crm_env_t *e, const char *cwd)
 {
     char serving_user[64], migrating_user[64];
@@ -438,6 +577,7 @@ int crm_config_load(crm_config_t *c, crm_env_t *e, const char *cwd)
     c->log_level = (crm_log_level_t)crm_env_enum(e, "CRMD_LOG_LEVEL", log_level_names,
                                                  sizeof(log_level_names) / sizeof(log_level_names[0]), CRM_LOG_INFO);
     c->access_log = crm_env_bool(e, "CRMD_ACCESS_LOG", 1);
+    load_outbound(c, e, prod);
     if (prod && c->tls_cert == NULL && c->tls_key == NULL && !c->behind_proxy)
         crm_env_problem(e, "CRMD_TLS_CERT", 0,
                         "is not set: production serves HTTPS; set CRMD_TLS_CERT and CRMD_TLS_KEY, or set "

@@ -49,6 +49,32 @@ typedef struct st_crm_config_t {
     int shutdown_grace_ms;           /* CRMD_SHUTDOWN_GRACE_MS 0..600000, default 10000 */
     crm_log_level_t log_level;       /* CRMD_LOG_LEVEL debug|info|warn|error|off, default info */
     int access_log;                  /* CRMD_ACCESS_LOG, default 1 */
+
+    /* Outbound calls (lib/httpc). Every upstream base URL is configurable so that tests point at the fakes;
+     * the defaults are the real services. No trailing slash. */
+    const char *google_oauth_url;    /* CRMD_GOOGLE_OAUTH_URL */
+    const char *gmail_api_url;       /* CRMD_GMAIL_API_URL */
+    const char *stripe_api_url;      /* CRMD_STRIPE_API_URL */
+    const char *docusign_api_url;    /* CRMD_DOCUSIGN_API_URL */
+    const char *smtp_url;            /* CRMD_SMTP_URL smtp://host[:port] or smtps://host[:port] */
+    const char *smtp_username;       /* CRMD_SMTP_USERNAME or NULL (no AUTH) */
+    const char *smtp_password;       /* CRMD_SMTP_PASSWORD or NULL */
+    const char *mail_from;           /* CRMD_MAIL_FROM, the From of every mail crmd sends */
+    const char *upstream_ca_file;    /* CRMD_UPSTREAM_CA_FILE: PEM CAs to trust instead of the system store */
+    int upstream_max_in_flight;      /* CRMD_UPSTREAM_MAX_IN_FLIGHT 1..4096, default 64, per upstream */
+    int upstream_queue_max;          /* CRMD_UPSTREAM_QUEUE_MAX 0..1000000, default 1024, per upstream */
+    int upstream_connect_timeout_ms; /* CRMD_UPSTREAM_CONNECT_TIMEOUT_MS 100..60000, default 5000 */
+    int upstream_max_attempts;       /* CRMD_UPSTREAM_MAX_ATTEMPTS 1..10, default 3 */
+    int upstream_breaker_open_ms;    /* CRMD_UPSTREAM_BREAKER_OPEN_MS 100..600000, default 30000 */
+
+    /* The job queue (lib/jobs). */
+    int jobs_enabled;         /* CRMD_JOBS, default 1: this process runs jobs (0: it only enqueues them) */
+    int jobs_concurrency;     /* CRMD_JOBS_CONCURRENCY 1..4096, default 64 */
+    int jobs_lease_ms;        /* CRMD_JOBS_LEASE_MS 1000..3600000, default 30000 */
+    int jobs_poll_ms;         /* CRMD_JOBS_POLL_MS 10..60000, default 500 */
+    int jobs_backoff_base_ms; /* CRMD_JOBS_BACKOFF_BASE_MS 10..3600000, default 1000 */
+    int jobs_backoff_max_ms;  /* CRMD_JOBS_BACKOFF_MAX_MS 10..86400000, default 3600000 */
+    int mail_timeout_ms;      /* CRMD_MAIL_TIMEOUT_MS 1000..600000, default 30000: one SMTP submission */
 } crm_config_t;
 
 /*

@@ -442,6 +442,23 @@ const char *crm_http_header(const crm_http_req_t *r, const char *name, size_t *l
     return r->h2o->headers.entries[i].value.base;
 }
 
+const char *crm_http_peer_ip(const crm_http_req_t *r, char *buf, size_t cap)
+{
+    struct sockaddr_storage ss;
+    if (r->h2o == NULL || r->h2o->conn->callbacks->get_peername == NULL ||
+        r->h2o->conn->callbacks->get_peername(r->h2o->conn, (struct sockaddr *)&ss) == 0)
+        return NULL;
+    if (ss.ss_family == AF_INET)
+        return inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, buf, (socklen_t)cap);
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            return inet_ntop(AF_INET, &a->s6_addr[12], buf, (socklen_t)cap);
+        return inet_ntop(AF_INET6, a, buf, (socklen_t)cap);
+    }
+    return NULL;
+}
+
 static int is_json_media_type(const char *v, size_t len)
 {
     size_t end = 0;

@@ -134,6 +134,10 @@ void crm_http_add_header(crm_http_req_t *req, const char *name, const char *valu
  * stored in *len (required). */
 const char *crm_http_header(const crm_http_req_t *req, const char *name, size_t *len);
 
+/* The client's address as text (IPv4, or IPv6 without brackets; an IPv4-mapped IPv6 address as IPv4) into buf,
+ * for audit rows. The TCP peer: a proxy in front of crmd shows as the proxy. Returns buf, or NULL when unknown. */
+const char *crm_http_peer_ip(const crm_http_req_t *req, char *buf, size_t cap);
+
 /* Parses the request body as JSON under the server's limits (the route's body limit as max_bytes). On failure it
  * answers the request itself (415 wrong Content-Type, 400 empty/malformed/over a structural limit with line and
  * column, 413 too large) and returns a negative crm_err_t; the handler must then just return. */

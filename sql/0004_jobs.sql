@@ -96,6 +96,12 @@ BEGIN
 END
 $$;
 
+-- A note on durability. The runner's own bookkeeping (claims, renewals, outcomes, reclaims, releases, purges)
+-- commits asynchronously (synchronous_commit off, transaction-local): if PostgreSQL itself crashes before such a
+-- commit reaches disk, the change is lost and the job is claimed or run again, which at-least-once delivery already
+-- allows. Waiting for a WAL flush on every claim and every batch of outcomes would cap the whole queue at the disk's
+-- flush rate. Enqueueing is not affected: it commits, durably, with the change that caused it.
+
 -- Claims up to p_n due jobs of the given kinds for p_owner, in run_at order, under a lease of p_lease_ms. Rows
 -- another transaction holds are skipped, so concurrent runners never wait for or double-claim each other. The
 -- attempt is counted here: a runner that dies mid-job has used it.
@@ -106,6 +112,7 @@ CREATE FUNCTION crm.jobs_claim(p_owner text, p_lease_ms bigint, p_kinds text[], 
     AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true); -- runner bookkeeping: see the note above
     IF p_lease_ms IS NULL OR p_lease_ms < 1 OR p_lease_ms > 86400000 OR p_n IS NULL OR p_n < 1 OR p_n > 4096 THEN
         RAISE EXCEPTION 'jobs_claim: lease 1 .. 86400000 ms and 1 .. 4096 jobs' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -139,6 +146,7 @@ CREATE FUNCTION crm.jobs_reclaim(p_n integer) RETURNS integer
 DECLARE
     v_count integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true); -- runner bookkeeping: see the note above
     IF p_n IS NULL OR p_n < 1 OR p_n > 100000 THEN
         RAISE EXCEPTION 'jobs_reclaim: 1 .. 100000 jobs' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -176,6 +184,7 @@ CREATE FUNCTION crm.jobs_renew(p_owner text, p_ids bigint[], p_attempts integer[
     AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true); -- runner bookkeeping: see the note above
     IF p_lease_ms IS NULL OR p_lease_ms < 1 OR p_lease_ms > 86400000 THEN
         RAISE EXCEPTION 'jobs_renew: lease 1 .. 86400000 ms' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -205,6 +214,7 @@ CREATE FUNCTION crm.jobs_succeed(p_owner text, p_ids bigint[], p_attempts intege
     AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true); -- runner bookkeeping: see the note above
     RETURN QUERY
     WITH mine AS (
         SELECT j.job_id FROM crm.jobs j
@@ -233,6 +243,7 @@ CREATE FUNCTION crm.jobs_fail(p_owner text, p_ids bigint[], p_attempts integer[]
     AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true); -- runner bookkeeping: see the note above
     RETURN QUERY
     WITH mine AS (
         SELECT j.job_id, f.delay_ms, f.error, f.permanent FROM crm.jobs j
@@ -266,6 +277,7 @@ CREATE FUNCTION crm.jobs_release(p_owner text, p_ids bigint[], p_attempts intege
     AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true); -- runner bookkeeping: see the note above
     RETURN QUERY
     WITH mine AS (
         SELECT j.job_id FROM crm.jobs j
@@ -378,6 +390,7 @@ CREATE FUNCTION crm.jobs_purge(p_older_than_ms bigint, p_n integer) RETURNS inte
 DECLARE
     v_count integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true); -- runner bookkeeping: see the note above
     IF p_older_than_ms IS NULL OR p_older_than_ms < 0 OR p_n IS NULL OR p_n < 1 OR p_n > 100000 THEN
         RAISE EXCEPTION 'jobs_purge: age >= 0 ms and 1 .. 100000 jobs' USING ERRCODE = 'invalid_parameter_value';
     END IF;

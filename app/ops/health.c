@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "api.h"
 #include "app.h"
 #include "err.h"
 #include "http_pg.h"
@@ -23,22 +24,6 @@
 #define SCHEMA_RECHECK_MS 15000
 #define SCHEMA_RETRY_MS   1000
 #define PROBE_TIMEOUT_MS  2000
-
-static crm_app_t *app_of(crm_http_req_t *req)
-{
-    return req->route->data;
-}
-
-static int require_operator(crm_http_req_t *req)
-{
-    crm_app_t *app = app_of(req);
-    if (crm_http_bearer_matches(req, app->config->operator_token))
-        return 1;
-    crm_http_add_header(req, "www-authenticate", "Bearer realm=\"crmd-ops\"");
-    crm_http_respond_problem(req, 401, "unauthorized", "Unauthorized",
-                             "This endpoint requires Authorization: Bearer <CRMD_OPERATOR_TOKEN>.", NULL);
-    return 0;
-}
 
 /* ---- /health/live ---- */
 
@@ -52,7 +37,7 @@ static void on_live(crm_http_req_t *req)
 
 static void on_ready(crm_http_req_t *req)
 {
-    crm_app_t *app = app_of(req);
+    crm_app_t *app = crm_api_app(req);
     json_t *reasons = json_array();
     if (app->shutting_down)
         json_array_append_new(reasons, json_string("shutting down"));
@@ -108,7 +93,7 @@ static void on_probe_done(crm_pg_unit_t *u, int err, void *data)
     crm_http_req_t *req = crm_http_pg_resume(data);
     if (req == NULL)
         return;
-    crm_app_t *app = app_of(req);
+    crm_app_t *app = crm_api_app(req);
     json_t *doc = pool_figures(app);
     json_t *probe = json_object();
     json_object_set_new(probe, "ok", json_boolean(err == 0));
@@ -121,9 +106,9 @@ static void on_probe_done(crm_pg_unit_t *u, int err, void *data)
 
 static void on_database(crm_http_req_t *req)
 {
-    if (!require_operator(req))
+    if (!crm_api_require_operator(req))
         return;
-    crm_app_t *app = app_of(req);
+    crm_app_t *app = crm_api_app(req);
     crm_pg_unit_t *u = crm_pg_unit_new(app->pool, CRM_PG_READ_ONLY);
     if (u == NULL || crm_pg_unit_add(u, app->_ops_stmts.ping, 0, NULL, NULL) < 0) {
         crm_pg_unit_free(u);
@@ -155,9 +140,9 @@ static void on_openapi(crm_http_req_t *req)
 
 static void on_metrics(crm_http_req_t *req)
 {
-    if (!require_operator(req))
+    if (!crm_api_require_operator(req))
         return;
-    crm_app_t *app = app_of(req);
+    crm_app_t *app = crm_api_app(req);
     crm_prom_t w;
     if (crm_prom_init(&w, 16384, 8u << 20) != 0) {
         crm_http_respond_error(req, CRM_E_NOMEM);

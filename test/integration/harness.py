@@ -346,3 +346,65 @@ def run(tests):
         log("-- %s" % t.__name__)
         t()
         log("   ok (%.1fs)" % (time.monotonic() - t0))
+
+
+# ---- fakes (test/fakes) ----
+
+
+class Fake:
+    """A fake upstream (fake_upstream.py) or SMTP sink (fake_smtp.py) on loopback, with its control API."""
+
+    def __init__(self, script, *args):
+        import urllib.request  # noqa: F401 (used by control)
+
+        self.dir = tempfile.mkdtemp(prefix="crmd-fake-")
+        ready = os.path.join(self.dir, "ready.json")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "test", "fakes", script), "--listen", "127.0.0.1:0",
+             "--ready-file", ready] + list(args))
+        deadline = time.monotonic() + 15
+        while not os.path.exists(ready):
+            check(self.proc.poll() is None, "%s exited before it was ready" % script)
+            check(time.monotonic() < deadline, "%s did not become ready" % script)
+            time.sleep(0.02)
+        with open(ready) as f:
+            doc = json.load(f)
+        self.port, self.control_port = doc["port"], doc["control_port"]
+
+    def control(self, method, path, body=None):
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.control_port, path), data=data, method=method,
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read() or b"null")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def wait_for(what, fn, timeout=30, interval=0.05):
+    """Polls fn until it returns a true value (which is returned), failing after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        check(time.monotonic() < deadline, "timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(interval)

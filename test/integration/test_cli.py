@@ -141,6 +141,8 @@ def test_check_config_production():
             "CRMD_MIGRATE": "0",
             "CRMD_OPERATOR_TOKEN": STRONG_TOKEN,
             "CRMD_BEHIND_PROXY": "1",
+            "CRMD_SMTP_URL": "smtps://smtp.example.com",
+            "CRMD_MAIL_FROM": "Example <no-reply@example.com>",
         }
     )
     r = crmd("check-config", env=env)

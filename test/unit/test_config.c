@@ -128,6 +128,8 @@ static void prod_baseline(fake_env_t *f)
     fake_set(f, "CRMD_OPERATOR_TOKEN", GOOD_TOKEN);
     fake_set(f, "CRMD_TLS_CERT", cert_path);
     fake_set(f, "CRMD_TLS_KEY", key_path);
+    fake_set(f, "CRMD_SMTP_URL", "smtps://smtp.example.com:465");
+    fake_set(f, "CRMD_MAIL_FROM", "Example CRM <no-reply@example.com>");
 }
 
 static int load(fake_env_t *f, crm_env_t *e, crm_config_t *c)
@@ -1116,6 +1118,84 @@ static void test_production_refusals_one_by_one(void **state)
     assert_only_problem(&e, "CRMD_MIGRATE_DATABASE_URL", 0, NULL);
 }
 
+/* Outbound calls: upstream URLs, the mail relay and the sender, in production and elsewhere. */
+static void test_outbound_rules(void **state)
+{
+    fake_env_t f = {0};
+    crm_env_t e;
+    crm_config_t c;
+    (void)state;
+
+    /* Defaults outside production: the real services, a local relay. */
+    fake_set(&f, "CRMD_ENV", "test");
+    assert_int_equal(load(&f, &e, &c), 0);
+    assert_string_equal(c.gmail_api_url, "https://gmail.googleapis.com");
+    assert_string_equal(c.smtp_url, "smtp://127.0.0.1:25");
+    assert_non_null(c.mail_from);
+    assert_int_equal(c.jobs_enabled, 1);
+    assert_int_equal(c.jobs_lease_ms, 30000);
+
+    /* Test fakes on loopback over plain HTTP are fine outside production. */
+    fake_set(&f, "CRMD_GMAIL_API_URL", "http://127.0.0.1:9999");
+    assert_int_equal(load(&f, &e, &c), 0);
+    assert_string_equal(c.gmail_api_url, "http://127.0.0.1:9999");
+
+    static const struct {
+        const char *var, *value, *message;
+    } bad[] = {
+        {"CRMD_STRIPE_API_URL", "ftp://api.stripe.com", "must be an absolute http:// or https:// URL"},
+        {"CRMD_STRIPE_API_URL", "api.stripe.com", "must be an absolute http:// or https:// URL"},
+        {"CRMD_STRIPE_API_URL", "https://api.stripe.com/", "must not end with a slash"},
+        {"CRMD_DOCUSIGN_API_URL", "https://u:p@docusign.example",
+         "must be a base URL without credentials, query or "
+         "fragment"},
+        {"CRMD_GOOGLE_OAUTH_URL", "https://oauth2.googleapis.com?x=1",
+         "must be a base URL without credentials, "
+         "query or fragment"},
+        {"CRMD_SMTP_URL", "http://smtp.example.com", "must be smtp://host[:port] or smtps://host[:port]"},
+        {"CRMD_SMTP_URL", "smtp://user:pw@smtp.example.com",
+         "must not carry credentials; use "
+         "CRMD_SMTP_USERNAME/PASSWORD"},
+        {"CRMD_SMTP_USERNAME", "crmd", "must be set together with CRMD_SMTP_PASSWORD"},
+        {"CRMD_MAIL_FROM", "not an address", "must be one mailbox, addr@domain or Name <addr@domain>"},
+        {"CRMD_MAIL_FROM", "a@example.com, b@example.com", "must be one mailbox, addr@domain or Name <addr@domain>"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
+        fake_env_t g = {0};
+        fake_set(&g, "CRMD_ENV", "test");
+        fake_set(&g, bad[i].var, bad[i].value);
+        assert_int_equal(load(&g, &e, &c), CRM_E_CONFIG);
+        assert_only_problem(&e, bad[i].var, 0, bad[i].message);
+    }
+
+    /* Production: https only, and a remote relay only over TLS. */
+    static const struct {
+        const char *var, *value, *message;
+    } prod[] = {
+        {"CRMD_GMAIL_API_URL", "http://gmail.googleapis.com", "must be https:// in production"},
+        {"CRMD_SMTP_URL", "smtp://smtp.example.com:587",
+         "reaches a remote relay without TLS; use smtps://, or set credentials (STARTTLS is then required)"},
+    };
+    for (size_t i = 0; i < sizeof(prod) / sizeof(prod[0]); ++i) {
+        fake_env_t g = {0};
+        prod_baseline(&g);
+        fake_set(&g, prod[i].var, prod[i].value);
+        assert_int_equal(load(&g, &e, &c), CRM_E_CONFIG);
+        assert_only_problem(&e, prod[i].var, 0, prod[i].message);
+    }
+    /* … but smtp:// with credentials (STARTTLS required) and a relay on this host are accepted. */
+    fake_env_t g = {0};
+    prod_baseline(&g);
+    fake_set(&g, "CRMD_SMTP_URL", "smtp://smtp.example.com:587");
+    fake_set(&g, "CRMD_SMTP_USERNAME", "crmd");
+    fake_set(&g, "CRMD_SMTP_PASSWORD", "q7Vt9zKp2mWx4Rj8");
+    assert_int_equal(load(&g, &e, &c), 0);
+    fake_env_t h = {0};
+    prod_baseline(&h);
+    fake_set(&h, "CRMD_SMTP_URL", "smtp://localhost:25");
+    assert_int_equal(load(&h, &e, &c), 0);
+}
+
 static void test_production_refusals_all_at_once(void **state)
 {
     fake_env_t f = {0};
@@ -1126,14 +1206,18 @@ static void test_production_refusals_all_at_once(void **state)
     /* Nothing but CRMD_ENV: every required production setting is named. */
     fake_set(&f, "CRMD_ENV", "production");
     assert_int_equal(load(&f, &e, &c), CRM_E_CONFIG);
-    assert_int_equal(crm_env_count_errors(&e), 4);
-    assert_int_equal(e.nproblems, 4);
+    assert_int_equal(crm_env_count_errors(&e), 6);
+    assert_int_equal(e.nproblems, 6);
+    assert_int_equal(count_var(&e, "CRMD_SMTP_URL", 0), 1);
+    assert_int_equal(count_var(&e, "CRMD_MAIL_FROM", 0), 1);
     assert_int_equal(count_var(&e, "CRMD_DATABASE_URL", 0), 1);
     assert_int_equal(count_var(&e, "CRMD_MIGRATE_DATABASE_URL", 0), 1);
     assert_int_equal(count_var(&e, "CRMD_OPERATOR_TOKEN", 0), 1);
     assert_int_equal(count_var(&e, "CRMD_TLS_CERT", 0), 1);
 
     /* Every kind of refusal plus an ordinary error and a warning, printed in one go. */
+    fake_set(&f, "CRMD_SMTP_URL", "smtps://smtp.example.com");
+    fake_set(&f, "CRMD_MAIL_FROM", "no-reply@example.com");
     fake_set(&f, "CRMD_DATABASE_URL", "postgresql://crmd_app:" PW "@db.internal/crmd?sslmode=disable");
     fake_set(&f, "CRMD_MIGRATE_DATABASE_URL", "postgresql://owner:" PW "@db.internal/crmd?sslmode=prefer");
     fake_set(&f, "CRMD_OPERATOR_TOKEN", "changeme-changeme-changeme-changeme");
@@ -1473,7 +1557,7 @@ static void test_vars_table_matches_reads(void **state)
         }
     }
 
-    assert_int_equal(crm_config_nvars, 23);
+    assert_int_equal(crm_config_nvars, 44);
     for (size_t i = 0; i < crm_config_nvars; i++) {
         assert_non_null(crm_config_vars[i].default_text);
         assert_true(strlen(crm_config_vars[i].help) > 10);
@@ -1542,6 +1626,7 @@ int main(void)
         cmocka_unit_test(test_production_ok),
         cmocka_unit_test(test_production_refusals_one_by_one),
         cmocka_unit_test(test_production_refusals_all_at_once),
+        cmocka_unit_test(test_outbound_rules),
         cmocka_unit_test(test_warnings_do_not_fail),
         cmocka_unit_test(test_serving_role_is_not_the_owner),
         cmocka_unit_test(test_sslmode_rules),
