@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "backoff.h"
 #include "err.h"
@@ -35,11 +37,21 @@ typedef struct st_link_t {
     struct st_link_t *prev, *next;
 } link_t;
 
+/*
+ * A socket curl uses, watched by one uv_poll_t. Connection sockets are opened and closed through our own callbacks
+ * (CURLOPT_OPENSOCKETFUNCTION/CLOSESOCKETFUNCTION), so we know their whole life: when curl stops watching one
+ * between two transfers on a kept-alive connection (CURL_POLL_REMOVE), its watcher is only *parked*, still
+ * registered with epoll, and the next transfer on that connection reuses it without an epoll_ctl DEL and ADD. A
+ * parked socket that becomes readable (the peer closed the idle connection) is stopped at once, since nobody reads
+ * it. Sockets curl opens itself (its resolver's) are closed on REMOVE, because we would not learn of their close.
+ */
 typedef struct st_sock_t {
     uv_poll_t poll;
     curl_socket_t fd;
     crm_httpc_t *client;
     link_t link;
+    int owned;  /* opened by on_open_socket: closed only through on_close_socket */
+    int parked; /* curl is not watching it right now */
 } sock_t;
 
 struct st_crm_httpc_req_t {
@@ -108,6 +120,8 @@ struct st_crm_httpc_t {
     size_t nreqs;
     link_t socks;
     size_t nsocks;
+    sock_t **by_fd; /* owned sockets by descriptor; grows to the highest descriptor seen */
+    size_t by_fd_cap;
     CURL *spare[MAX_SPARE_EASY];
     size_t nspare;
     crm_counter_vec_t outcomes; /* {upstream, outcome}: HTTP status or error name */
@@ -265,10 +279,72 @@ static void on_sock_closed(uv_handle_t *h)
 
 static void sock_close(crm_httpc_t *c, sock_t *sk)
 {
+    if (sk->owned && (size_t)sk->fd < c->by_fd_cap && c->by_fd[sk->fd] == sk)
+        c->by_fd[sk->fd] = NULL;
     list_unlink(&sk->link);
     --c->nsocks;
     uv_poll_stop(&sk->poll);
     uv_close((uv_handle_t *)&sk->poll, on_sock_closed);
+}
+
+static sock_t *sock_new(crm_httpc_t *c, curl_socket_t fd, int owned)
+{
+    sock_t *sk = calloc(1, sizeof(*sk));
+    if (sk == NULL)
+        return NULL;
+    if (uv_poll_init_socket(c->loop, &sk->poll, fd) != 0) {
+        free(sk);
+        return NULL;
+    }
+    sk->fd = fd;
+    sk->client = c;
+    sk->owned = owned;
+    sk->parked = owned; /* an owned socket is watched from the first time curl asks for it */
+    list_push_back(&c->socks, &sk->link);
+    ++c->nsocks;
+    ++c->handles_open;
+    return sk;
+}
+
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    crm_httpc_t *c = clientp;
+    (void)purpose;
+    curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (fd == CURL_SOCKET_BAD)
+        return CURL_SOCKET_BAD;
+    if ((size_t)fd >= c->by_fd_cap) {
+        size_t cap = c->by_fd_cap ? c->by_fd_cap : 64;
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        sock_t **m = realloc(c->by_fd, cap * sizeof(*m));
+        if (m == NULL) {
+            close(fd);
+            return CURL_SOCKET_BAD;
+        }
+        memset(m + c->by_fd_cap, 0, (cap - c->by_fd_cap) * sizeof(*m));
+        c->by_fd = m;
+        c->by_fd_cap = cap;
+    }
+    sock_t *sk = sock_new(c, fd, 1);
+    if (sk == NULL) {
+        close(fd);
+        return CURL_SOCKET_BAD;
+    }
+    c->by_fd[fd] = sk;
+    return fd;
+}
+
+static int on_close_socket(void *clientp, curl_socket_t fd)
+{
+    crm_httpc_t *c = clientp;
+    /* The watcher goes first, while the descriptor is still open: epoll must never hold a closed descriptor. */
+    if ((size_t)fd < c->by_fd_cap && c->by_fd[fd] != NULL) {
+        if (c->multi != NULL)
+            curl_multi_assign(c->multi, fd, NULL);
+        sock_close(c, c->by_fd[fd]);
+    }
+    return close(fd);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -285,6 +361,11 @@ static void on_poll(uv_poll_t *h, int status, int events)
         if (events & UV_WRITABLE)
             flags |= CURL_CSELECT_OUT;
     }
+    if (sk->parked) {
+        /* An idle kept-alive connection the peer closed or wrote to: curl will notice when it next uses it. */
+        uv_poll_stop(&sk->poll);
+        return;
+    }
     int running;
     /* sk may be closed (CURL_POLL_REMOVE) inside this call; it is not touched afterwards. */
     curl_multi_socket_action(c->multi, sk->fd, flags, &running);
@@ -300,24 +381,19 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, v
     if (what == CURL_POLL_REMOVE) {
         if (sk != NULL) {
             curl_multi_assign(c->multi, fd, NULL);
-            sock_close(c, sk);
+            if (sk->owned)
+                sk->parked = 1;
+            else
+                sock_close(c, sk);
         }
         return 0;
     }
     if (sk == NULL) {
-        /* A socket curl has not told us about, or one whose number was reused after an earlier REMOVE: the
-         * association lives in curl (curl_multi_assign), so a reused descriptor always gets a fresh watcher. */
-        if ((sk = calloc(1, sizeof(*sk))) == NULL)
+        /* curl forgets a socket at REMOVE; ours are found again by descriptor, others get a fresh watcher. */
+        sk = (size_t)fd < c->by_fd_cap ? c->by_fd[fd] : NULL;
+        if (sk == NULL && (sk = sock_new(c, fd, 0)) == NULL)
             return -1;
-        if (uv_poll_init_socket(c->loop, &sk->poll, fd) != 0) {
-            free(sk);
-            return -1;
-        }
-        sk->fd = fd;
-        sk->client = c;
-        list_push_back(&c->socks, &sk->link);
-        ++c->nsocks;
-        ++c->handles_open;
+        sk->parked = 0;
         curl_multi_assign(c->multi, fd, sk);
     }
     int events = 0;
@@ -465,6 +541,10 @@ static int configure_easy(crm_httpc_req_t *r, CURL *e, uint64_t remaining)
     } while (0)
     SET(CURLOPT_PRIVATE, r);
     SET(CURLOPT_URL, r->url);
+    SET(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    SET(CURLOPT_OPENSOCKETDATA, c);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    SET(CURLOPT_CLOSESOCKETDATA, c);
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_SHARE, c->share);
     SET(CURLOPT_FOLLOWLOCATION, 0L);
@@ -1033,6 +1113,7 @@ static void client_free(crm_httpc_t *c)
     if (c->share != NULL)
         curl_share_cleanup(c->share);
     crm_counter_vec_dispose(&c->outcomes);
+    free(c->by_fd);
     free(c->user_agent);
     free(c->ca_file);
     free(c);

@@ -187,8 +187,8 @@ typedef struct st_crm_httpc_upstream_stats_t {
 
 void crm_httpc_upstream_stats(const crm_httpc_upstream_t *up, crm_httpc_upstream_stats_t *out);
 
-/* Sockets curl is watching right now: connections with a transfer in progress (idle cached connections are not
- * watched). For tests. */
+/* Sockets open right now: connections in use or kept alive in the cache, and any of curl's resolver sockets. For
+ * tests. */
 size_t crm_httpc_open_sockets(const crm_httpc_t *client);
 
 #endif

@@ -178,12 +178,24 @@ static void run_for(env_t *e, uint64_t ms)
     uv_run(&e->loop, UV_RUN_NOWAIT);
 }
 
-/* Runs the loop until *flag or timeout_ms. */
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop until *flag or timeout_ms. A ticking timer makes every uv_run(UV_RUN_ONCE) return within a few
+ * milliseconds: a completion can run in the timer phase at the start of an iteration, after which the poll phase
+ * would otherwise block for as long as any handle (a kept-alive connection's watcher) stays active. */
 static void run_until(env_t *e, const int *flag, double timeout_ms)
 {
+    uv_timer_t tick;
+    uv_timer_init(&e->loop, &tick);
+    uv_timer_start(&tick, on_tick, 5, 5);
     double end = mono_ms() + timeout_ms;
     while (!*flag && mono_ms() < end)
         uv_run(&e->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(&e->loop, UV_RUN_NOWAIT);
     CHECK(*flag, "timed out after %.0f ms", timeout_ms);
 }
 
