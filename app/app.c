@@ -65,8 +65,8 @@ static void on_jobs_stopped(void *data)
     crm_jobs_stats_t st;
     crm_jobs_stats(app->jobs, &st);
     crm_log(CRM_LOG_INFO, "shutdown.jobs_stopped", CRM_LOG_UINT("released", st.released));
-    /* The runner frees itself once its last handler has ended; nothing here may touch it again. */
-    app->jobs = NULL;
+    /* The runner stays allocated (HTTP handlers may still enqueue, /metrics may still render) until crm_app_run
+     * frees it after the loop has finished. */
     part_stopped(app);
 }
 
@@ -375,6 +375,7 @@ int crm_app_run(const crm_config_t *cfg)
     crm_router_dispose(&app.router);
     /* Let every close callback run; then the loop must close cleanly: a handle left open is a leak. */
     uv_run(&loop, UV_RUN_DEFAULT);
+    crm_jobs_free(app.jobs);
     int rc = uv_loop_close(&loop);
     if (rc != 0) {
         uv_walk(&loop, report_handle, NULL);

@@ -497,7 +497,7 @@ static void load_smtp(crm_config_t *c, crm_env_t *e, int prod)
         return;
     }
     CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *user = NULL;
+    char *scheme = NULL, *host = NULL, *user = NULL, *path = NULL;
     if (u == NULL)
         return;
     if (curl_url_set(u, CURLUPART_URL, c->smtp_url, 0) != CURLUE_OK ||
@@ -507,6 +507,9 @@ static void load_smtp(crm_config_t *c, crm_env_t *e, int prod)
         crm_env_problem(e, "CRMD_SMTP_URL", 0, "must be smtp://host[:port] or smtps://host[:port]");
     else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
         crm_env_problem(e, "CRMD_SMTP_URL", 0, "must not carry credentials; use CRMD_SMTP_USERNAME/PASSWORD");
+    else if (curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK && strcmp(path, "/") != 0 && path[0] != '\0')
+        /* libcurl reads an SMTP URL's path as the EHLO name, which crmd takes from CRMD_MAIL_FROM. */
+        crm_env_problem(e, "CRMD_SMTP_URL", 0, "must be smtp://host[:port] or smtps://host[:port], without a path");
     else if (prod && strcmp(scheme, "smtps") != 0 && c->smtp_username == NULL && !crm_host_is_loopback(host))
         crm_env_problem(e, "CRMD_SMTP_URL", 0,
                         "reaches a remote relay without TLS; use smtps://, or set credentials (STARTTLS is then "
@@ -514,6 +517,7 @@ static void load_smtp(crm_config_t *c, crm_env_t *e, int prod)
     curl_free(scheme);
     curl_free(host);
     curl_free(user);
+    curl_free(path);
     curl_url_cleanup(u);
     if (c->smtp_password != NULL && prod) {
         const char *why;

@@ -113,6 +113,7 @@ struct st_crm_httpc_t {
     CURLSH *share;
     uv_timer_t curl_timer;
     uv_timer_t close_timer;
+    uv_timer_t pump_timer; /* hands slots freed by crm_httpc_cancel to waiting requests, outside the caller */
     crm_timerq_t timers;
     crm_httpc_upstream_t *ups[CRM_HTTPC_MAX_UPSTREAMS];
     size_t nups;
@@ -137,6 +138,7 @@ static char status_labels[600][4];
 static const char *const outcome_label_names[] = {"upstream", "outcome"};
 
 static void pump(crm_httpc_upstream_t *up);
+static int message_refused(const crm_httpc_req_t *r, CURLcode code);
 
 /* ---- small helpers ---- */
 
@@ -559,8 +561,11 @@ static int configure_easy(crm_httpc_req_t *r, CURL *e, uint64_t remaining)
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_SSL_VERIFYPEER, 1L);
     SET(CURLOPT_SSL_VERIFYHOST, 2L);
-    /* The CA store is parsed once and kept in the multi handle, so new TLS connections read no files. */
-    SET(CURLOPT_CA_CACHE_TIMEOUT, 24L * 3600);
+    /* The CA store is parsed once, from one bundle file, and kept in the multi handle for the process's life, so new
+     * TLS connections read no files on the loop: no CA directory (OpenSSL would look certificates up in it lazily,
+     * per handshake) and no expiry of the cache (a CA change takes a restart). */
+    SET(CURLOPT_CA_CACHE_TIMEOUT, -1L);
+    SET(CURLOPT_CAPATH, NULL);
     if (c->ca_file != NULL)
         SET(CURLOPT_CAINFO, c->ca_file);
     if (r->rcpt != NULL) {
@@ -655,6 +660,7 @@ static void finish(crm_httpc_req_t *r, int err)
         .elapsed_ms = elapsed,
         .curl_code = r->curl_code,
         .error = r->error != NULL ? r->error : "",
+        .smtp_refused = r->rcpt != NULL && err != 0 && message_refused(r, (CURLcode)r->curl_code),
     };
     r->cb(r, err, &resp, r->data);
     req_free(r);
@@ -707,6 +713,16 @@ typedef struct {
     int never_sent;      /* the request certainly did not reach the upstream */
 } attempt_outcome_t;
 
+/* SMTP: did the relay refuse this message itself, with a 5xx to MAIL FROM, RCPT TO or DATA (libcurl reports those
+ * as CURLE_SEND_ERROR) or to the end of the data (CURLE_WEIRD_SERVER_REPLY once the whole message went out)? A 5xx
+ * at any earlier stage (greeting, EHLO, AUTH, STARTTLS) is about the relay or crmd's configuration instead. */
+static int message_refused(const crm_httpc_req_t *r, CURLcode code)
+{
+    if (r->status < 500 || r->status > 599)
+        return 0;
+    return code == CURLE_SEND_ERROR || (code == CURLE_WEIRD_SERVER_REPLY && r->body_sent == r->body_len);
+}
+
 static attempt_outcome_t classify_smtp(const crm_httpc_req_t *r, CURLcode code)
 {
     attempt_outcome_t o = {0, 0, 0, 0};
@@ -715,9 +731,9 @@ static attempt_outcome_t classify_smtp(const crm_httpc_req_t *r, CURLcode code)
     o.err = CRM_E_UNAVAILABLE;
     o.never_sent = code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST;
     o.retryable = o.never_sent;
-    /* No answer, a temporary refusal (4xx) or rejected credentials say the relay is unwell; a permanent refusal of
-     * one message (5xx: unknown recipient, policy) says nothing about the relay. */
-    o.breaker_failure = r->status == 0 || (r->status >= 400 && r->status < 500) || code == CURLE_LOGIN_DENIED;
+    /* A permanent refusal of this message says nothing about the relay; everything else does (no answer, 4xx,
+     * a 5xx greeting or EHLO, rejected credentials, a failed STARTTLS). */
+    o.breaker_failure = !message_refused(r, code);
     return o;
 }
 
@@ -815,8 +831,9 @@ static void attempt_done(crm_httpc_req_t *r, CURLcode code)
             return;
         }
     }
-    pump(up);
+    /* The request ends before its slot is handed on: the callbacks pump may run could otherwise cancel r. */
     finish(r, o.err);
+    pump(up);
 }
 
 static void drain_completions(crm_httpc_t *c)
@@ -836,7 +853,8 @@ static void drain_completions(crm_httpc_t *c)
     }
 }
 
-/* Starts queued requests while the upstream has free slots. */
+/* Starts queued requests while the upstream has free slots. Runs callbacks (of requests it cannot start), so it is
+ * only called where no request is half-way through a state change. */
 static void pump(crm_httpc_upstream_t *up)
 {
     crm_httpc_t *c = up->client;
@@ -844,6 +862,12 @@ static void pump(crm_httpc_upstream_t *up)
         crm_httpc_req_t *r = CONTAINER_OF(up->queue.next, crm_httpc_req_t, queue);
         list_unlink(&r->queue);
         --up->queued;
+        /* A request whose deadline is (nearly) gone is not started: the attempt could only time out, and the
+         * breaker would count the upstream's failure for a wait that happened here. */
+        if (r->deadline <= now_ms(c) + MIN_ATTEMPT_MS) {
+            finish(r, CRM_E_DEADLINE);
+            continue;
+        }
         crm_breaker_permit_t p = crm_breaker_acquire(&up->breaker);
         if (p == 0) {
             ++up->stats.rejected_breaker;
@@ -876,8 +900,8 @@ static void on_req_timer(crm_timer_t *t)
         r->permit = 0;
         r->error = "deadline exceeded";
         r->status = 0;
-        pump(up);
         finish(r, CRM_E_DEADLINE);
+        pump(up);
         break;
     case REQ_BACKOFF:
         --up->backing_off;
@@ -1063,6 +1087,13 @@ fail:
     return err;
 }
 
+static void on_pump_timer(uv_timer_t *t)
+{
+    crm_httpc_t *c = CONTAINER_OF(t, crm_httpc_t, pump_timer);
+    for (size_t i = 0; i < c->nups; ++i)
+        pump(c->ups[i]);
+}
+
 void crm_httpc_cancel(crm_httpc_req_t *r)
 {
     crm_httpc_t *c = r->client;
@@ -1087,8 +1118,10 @@ void crm_httpc_cancel(crm_httpc_req_t *r)
     list_unlink(&r->all);
     --c->nreqs;
     req_free(r);
+    /* The freed slot goes to the next waiting request on the next loop iteration: pumping here would run other
+     * requests' callbacks inside the caller's cancel. */
     if (state == REQ_ACTIVE)
-        pump(up);
+        uv_timer_start(&c->pump_timer, on_pump_timer, 0, 0);
 }
 
 /* ---- client ---- */
@@ -1166,6 +1199,7 @@ int crm_httpc_create(uv_loop_t *loop, const crm_httpc_config_t *cfg, crm_httpc_t
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, cfg->max_idle_connections);
     uv_timer_init(loop, &c->curl_timer);
     uv_timer_init(loop, &c->close_timer);
+    uv_timer_init(loop, &c->pump_timer);
     *out = c;
     return 0;
 
@@ -1293,11 +1327,13 @@ static void on_close_step(uv_timer_t *t)
     while (!list_empty(&c->socks))
         sock_close(c, CONTAINER_OF(c->socks.next, sock_t, link));
     c->handles_closing = 1;
-    c->handles_open += 3; /* curl timer, close timer, timer queue */
+    c->handles_open += 4; /* curl timer, close timer, pump timer, timer queue */
     c->curl_timer.data = c;
     c->close_timer.data = c;
+    c->pump_timer.data = c;
     uv_close((uv_handle_t *)&c->curl_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->close_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->pump_timer, on_handle_closed);
     crm_timerq_close(&c->timers, on_timers_closed);
 }
 

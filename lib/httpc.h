@@ -34,8 +34,9 @@
  *
  * SMTP: a request with `smtp` set is a mail submission through curl's SMTP support on the same multi handle: the
  * body is the RFC 5322 message, sent after MAIL FROM/RCPT TO. smtps:// is implicit TLS; for smtp:// STARTTLS is used
- * when the server offers it, and required when credentials are given (they are never sent in clear). SMTP
- * submissions are never retried here (a mail accepted twice is delivered twice); the job queue retries them.
+ * when the server offers it, and required when credentials are given (they are never sent in clear). An SMTP
+ * submission is retried here only when the connection could not even be made (a mail accepted twice is delivered
+ * twice); otherwise the job queue decides.
  *
  * Callbacks: the completion callback runs exactly once, from the loop, never from inside crm_httpc_send (libuv's
  * rule): if send fails, it never runs. It receives the final outcome after any retries. It may send new requests,
@@ -143,6 +144,8 @@ typedef struct st_crm_httpc_response_t {
     uint64_t elapsed_ms; /* from send to completion */
     int curl_code;       /* the last attempt's CURLcode, 0 for none */
     const char *error;   /* what went wrong with the last attempt, for logs; "" when nothing did. Names no secret. */
+    int smtp_refused;    /* SMTP: the relay refused this message itself (5xx to MAIL, RCPT, DATA or the end of the
+                            data): sending it again cannot succeed. A 5xx earlier (greeting, EHLO, AUTH) is not. */
 } crm_httpc_response_t;
 
 /*

@@ -128,7 +128,8 @@ struct st_crm_jobs_t {
 
     void (*on_stopped)(void *data);
     void *on_stopped_data;
-    int notifying; /* inside on_stopped: a job ending now must not free the runner under it */
+    int notifying;      /* inside on_stopped: a job ending now must not free the runner under it */
+    int free_requested; /* crm_jobs_free was called: the last job to end frees the runner */
 
     crm_jobs_stats_t stats;
     crm_counter_vec_t totals;
@@ -403,7 +404,7 @@ static void job_maybe_free(crm_job_t *job)
     free(job->_error);
     free(job);
     --r->n_jobs;
-    if (r->state == RUNNER_STOPPED && r->n_jobs == 0 && !r->notifying)
+    if (r->state == RUNNER_STOPPED && r->free_requested && r->n_jobs == 0 && !r->notifying)
         runner_free(r);
 }
 
@@ -1117,23 +1118,37 @@ static int drained(const crm_jobs_t *r)
            r->purge_unit == NULL;
 }
 
-/* After grace: every handler still running is released and ignored from now on. */
+/* After grace: jobs no handler has started are released; jobs whose handler still runs keep their lease until it
+ * expires (see crm_jobs_stop) and their outcomes are ignored from now on. */
 static void begin_drain(crm_jobs_t *r)
 {
     set_state(r, RUNNER_DRAINING);
-    /* Renewal stops: what is left to do takes at most the drain period, well within the leases' remaining time. */
+    /* Renewal stops: a lease still held lapses at most lease_ms after its last renewal, and nothing here waits for
+     * that; what is left to record is bounded by the drain period. */
     crm_timerq_stop(&r->timers, &r->renew_timer);
-    size_t released = 0;
+    size_t released = 0, left = 0;
     for (size_t i = 0; i <= r->map_mask; ++i) {
         crm_job_t *job = r->map[i];
-        if (job == NULL || job->_lease != LEASE_HELD)
+        if (job == NULL || job->_lease != LEASE_HELD || job->_handler)
             continue;
-        job_ignore(r, job);
         pending_push(r, job, OP_RELEASE);
         ++released;
     }
-    if (released > 0)
-        crm_log(CRM_LOG_INFO, "jobs.releasing", CRM_LOG_STR("owner", r->owner), CRM_LOG_UINT("jobs", released));
+    /* Removing from the map moves entries, so each removal starts a fresh scan (at most 2 * concurrency jobs). */
+    for (;;) {
+        crm_job_t *running = NULL;
+        for (size_t i = 0; i <= r->map_mask && running == NULL; ++i)
+            if (r->map[i] != NULL && r->map[i]->_lease == LEASE_HELD && r->map[i]->_handler)
+                running = r->map[i];
+        if (running == NULL)
+            break;
+        job_ignore(r, running);
+        lease_end(r, running);
+        ++left;
+    }
+    if (released > 0 || left > 0)
+        crm_log(CRM_LOG_INFO, "jobs.releasing", CRM_LOG_STR("owner", r->owner), CRM_LOG_UINT("jobs", released),
+                CRM_LOG_UINT("left_to_lease_expiry", left));
     crm_timerq_start(&r->timers, &r->stop_timer, now_ms(r) + 2 * r->unit_timeout_ms, on_stop_timer);
     schedule_tick(r);
 }
@@ -1228,7 +1243,17 @@ static void finish_close(crm_jobs_t *r)
         r->on_stopped(r->on_stopped_data);
         r->notifying = 0;
     }
-    if (r->n_jobs == 0)
+    if (r->free_requested && r->n_jobs == 0)
+        runner_free(r);
+}
+
+void crm_jobs_free(crm_jobs_t *r)
+{
+    if (r == NULL)
+        return;
+    assert(r->state == RUNNER_STOPPED);
+    r->free_requested = 1;
+    if (r->n_jobs == 0 && !r->notifying)
         runner_free(r);
 }
 

@@ -5,9 +5,12 @@
  * crm_jobs_enqueue_add() to the unit of work that makes the change, so the job commits or rolls back with it: this
  * is the outbox of DESIGN.md §3, invariant 9. A runner (crm_jobs_t) in every crmd process claims due jobs of the
  * kinds it has handlers for, with FOR UPDATE SKIP LOCKED, so any number of processes share the queue without
- * waiting for each other or running a job twice at once. A claim takes a lease (lease_ms) that the runner renews
- * every lease_ms/3 while the handler runs; a process that dies stops renewing, and after expiry any runner's
- * periodic crm.jobs_reclaim() hands the job to someone else, counting the attempt that died. A failed attempt is
+ * waiting for each other, and a job is handed to one runner at a time: a claim takes a lease (lease_ms) that the
+ * runner renews every lease_ms/3 while the handler runs; a process that dies stops renewing, and after expiry any
+ * runner's periodic crm.jobs_reclaim() hands the job to someone else, counting the attempt that died. (A runner cut
+ * off from the database for longer than a lease cannot renew either: its jobs then go to others while its own
+ * handlers may still be running, whose outcomes it then ignores. Handler deadlines shorter than the lease keep that
+ * window closed.) A failed attempt is
  * retried after an exponential backoff with full jitter, never sooner than the Retry-After the handler passes on;
  * after max_attempts the job is dead, visible to an operator (crm_jobs_list_add) who may replay it
  * (crm_jobs_retry_add).
@@ -169,7 +172,7 @@ int crm_jobs_register(crm_jobs_t *jobs, const char *kind, crm_job_handler_fn fn,
 int crm_jobs_start(crm_jobs_t *jobs);
 
 /*
- * Claims now instead of waiting for the next poll: for a LISTEN crm_jobs hook, or after this process enqueued work.
+ * Claims now instead of waiting for the next poll: after this process enqueued work (once its unit committed).
  * A claim already in flight is followed by another. Ignored while claims are backing off after database errors,
  * and unless started.
  */
@@ -177,21 +180,30 @@ void crm_jobs_wake(crm_jobs_t *jobs);
 
 /*
  * Stops the runner. It claims no more jobs at once; handlers already running get up to grace_ms to end their jobs,
- * and outcomes keep being recorded meanwhile. After grace_ms (or as soon as no handler runs) the jobs whose handlers
- * are still running are released (crm.jobs_release: queued again at once, the attempt not counted) and their
- * handlers' outcomes will be ignored. Then the outcomes still pending are recorded, within at most
- * 2 * clamp(lease_ms/3, 200 ms, 10 s); what cannot be recorded by then is left to lease expiry and reclaim. Then
- * every handle is closed and on_stopped(data) runs (from the loop, never inside this call; it may be NULL). The
- * pool must stay open until on_stopped has run; after it the runner touches neither the pool nor the loop.
+ * and outcomes keep being recorded meanwhile. After grace_ms (or as soon as no handler runs), jobs claimed but not
+ * yet handed to a handler are released (crm.jobs_release: queued again at once, the attempt not counted), while
+ * jobs whose handlers are still running keep their lease, unrenewed, until it expires: their handlers may still be
+ * doing the work (an SMTP submission until the outbound client closes), and releasing them at once would let
+ * another process start the same job meanwhile. Their outcomes are ignored from then on. Then the outcomes still
+ * pending are recorded, within at most 2 * clamp(lease_ms/3, 200 ms, 10 s); what cannot be recorded by then is
+ * left to lease expiry and reclaim. Then every handle is closed and on_stopped(data) runs (from the loop, never
+ * inside this call; it may be NULL). The pool must stay open until on_stopped has run; after it the runner touches
+ * neither the pool nor the loop.
  *
- * The runner's memory is freed after on_stopped, once no handler holds a job: a handler still running then keeps
- * its crm_job_t (and the runner behind it) valid until it calls crm_job_succeed/fail, which then only frees memory.
- * Metrics must not be rendered once on_stopped has run.
+ * A stopped runner still serves crm_jobs_enqueue_add, crm_jobs_list_add, crm_jobs_retry_add, crm_jobs_owner,
+ * crm_jobs_stats and its metrics collector, until crm_jobs_free.
  *
  * Works in any state after crm_jobs_create (a runner never started just closes its handles). Returns 0, or
  * CRM_E_STATE when already stopping (the callback then never runs), CRM_E_INVAL for NULL.
  */
 int crm_jobs_stop(crm_jobs_t *jobs, uint64_t grace_ms, void (*on_stopped)(void *data), void *data);
+
+/*
+ * Frees a runner that has stopped (on_stopped has run) or was never started and stopped. Memory a running handler
+ * still holds (its crm_job_t, and with it the runner) is freed when the handler ends its job, which then only frees
+ * memory. Call it once nothing renders metrics or enqueues through this runner any more. Accepts NULL.
+ */
+void crm_jobs_free(crm_jobs_t *jobs);
 
 /* The lease owner this runner writes: owner_prefix plus ":" and 8 random hex digits. */
 const char *crm_jobs_owner(const crm_jobs_t *jobs);

@@ -380,13 +380,18 @@ static void record_run(crm_app_t *app, crm_job_t *job)
         crm_job_fail(job, "diag: a recording job needs a tenant", 0, 1);
         return;
     }
+    if (app->pool == NULL) {
+        /* A sleep that outlived shutdown: the runner ignores this outcome anyway. */
+        crm_job_fail(job, "diag: shutting down", 0, 0);
+        return;
+    }
     char id[24], attempt[16];
     snprintf(id, sizeof(id), "%lld", (long long)job->id);
     snprintf(attempt, sizeof(attempt), "%d", job->attempt);
     crm_pg_unit_t *u = crm_pg_unit_new(app->pool, 0);
     if (u == NULL || crm_pg_unit_set_tenant(u, job->tenant_id) != 0 ||
         crm_pg_unit_add(u, app->_diag_stmts.job_run, 4,
-                        (const char *const[]){job->tenant_id, id, attempt, crm_jobs_owner(app->jobs)}, NULL) < 0) {
+                        (const char *const[]){job->tenant_id, id, attempt, crm_jobs_owner(job->runner)}, NULL) < 0) {
         crm_pg_unit_free(u);
         crm_job_fail(job, "diag: out of memory", 0, 0);
         return;

@@ -13,7 +13,7 @@ typedef struct {
     void *data;
 } submit_t;
 
-crm_mail_outcome_t crm_mail_submit_outcome(int err, int smtp_code)
+crm_mail_outcome_t crm_mail_submit_outcome(int err, int refused)
 {
     switch (err) {
     case 0:
@@ -22,10 +22,9 @@ crm_mail_outcome_t crm_mail_submit_outcome(int err, int smtp_code)
     case CRM_E_TOO_LARGE:
         return CRM_MAIL_PERMFAIL;
     case CRM_E_UNAVAILABLE:
-        /* 535 and friends (authentication) are the relay's configuration, not the message's fault. */
-        if (smtp_code >= 500 && smtp_code <= 599 && smtp_code != 530 && smtp_code != 535 && smtp_code != 534)
-            return CRM_MAIL_PERMFAIL;
-        return CRM_MAIL_TEMPFAIL;
+        /* Only a refusal of the message itself is final; a 5xx greeting, EHLO or AUTH is the relay's state or
+         * crmd's configuration, which can change while the job waits. */
+        return refused ? CRM_MAIL_PERMFAIL : CRM_MAIL_TEMPFAIL;
     default:
         return CRM_MAIL_TEMPFAIL;
     }
@@ -36,7 +35,7 @@ static void on_done(crm_httpc_req_t *req, int err, const crm_httpc_response_t *r
     (void)req;
     submit_t s = *(submit_t *)data;
     free(data);
-    crm_mail_outcome_t outcome = crm_mail_submit_outcome(err, resp->status);
+    crm_mail_outcome_t outcome = crm_mail_submit_outcome(err, resp->smtp_refused);
     const char *why = err == 0 ? "" : (resp->error[0] != '\0' ? resp->error : crm_err_str(err));
     s.cb(outcome, resp->status, why, s.data);
 }

@@ -5,8 +5,9 @@
  *
  * crm_mail_submit sends one composed message (mail/message.h) to a relay and reports one of three outcomes:
  *   SENT      the relay accepted the message (250 after the data);
- *   TEMPFAIL  try again later: no connection, no answer, a deadline, a 4xx reply, the breaker is open, rejected
- *             credentials (an operator can fix them without the message changing), or crmd is shutting down;
+ *   TEMPFAIL  try again later: no connection, no answer, a deadline, a 4xx reply, a 5xx before the envelope
+ *             (greeting, EHLO, AUTH, STARTTLS: the relay's state or crmd's configuration, which an operator can fix
+ *             without the message changing), the breaker is open, or crmd is shutting down;
  *   PERMFAIL  sending this message again will not help: a 5xx reply to the envelope or the data (unknown
  *             recipient, message refused), or a message the client itself refuses (invalid, too large).
  * Submissions are not retried here; the job queue decides (mail is a job kind: DESIGN.md §3, invariant 9). A
@@ -51,7 +52,8 @@ typedef void (*crm_mail_submit_cb)(crm_mail_outcome_t outcome, int smtp_code, co
 int crm_mail_submit(const crm_mail_relay_t *relay, const char *from, const char *const *rcpt, size_t nrcpt,
                     const char *message, size_t len, uint64_t deadline, crm_mail_submit_cb cb, void *data);
 
-/* The outcome that an error from crm_mail_submit (or an httpc completion error) stands for. */
-crm_mail_outcome_t crm_mail_submit_outcome(int err, int smtp_code);
+/* The outcome that an error from crm_mail_submit (or an httpc completion error, with its smtp_refused) stands
+ * for. */
+crm_mail_outcome_t crm_mail_submit_outcome(int err, int refused);
 
 #endif

@@ -550,7 +550,12 @@ static void scenario_faults(void)
     CHECK(send_req(&e, small, "GET", "/hold", 3000, NULL, &rs[5], NULL) == CRM_E_QUEUE_FULL, "sixth not refused");
     crm_httpc_cancel(handles[0]); /* active */
     crm_httpc_cancel(handles[3]); /* queued */
+    /* The freed slot is handed on from the loop, not inside cancel (which must not run other callbacks). */
     crm_httpc_upstream_stats_t st;
+    crm_httpc_upstream_stats(small, &st);
+    CHECK(st.in_flight == 1 && st.queued == 2, "right after cancels: %zu in flight, %zu queued", st.in_flight,
+          st.queued);
+    run_for(&e, 20);
     crm_httpc_upstream_stats(small, &st);
     CHECK(st.in_flight == 2 && st.queued == 1, "after cancels: %zu in flight, %zu queued", st.in_flight, st.queued);
     run_until(&e, &rs[4].done, 5000);

@@ -1156,6 +1156,9 @@ static void test_outbound_rules(void **state)
         {"CRMD_SMTP_URL", "smtp://user:pw@smtp.example.com",
          "must not carry credentials; use "
          "CRMD_SMTP_USERNAME/PASSWORD"},
+        {"CRMD_SMTP_URL", "smtp://smtp.example.com/helo",
+         "must be smtp://host[:port] or smtps://host[:port], without "
+         "a path"},
         {"CRMD_SMTP_USERNAME", "crmd", "must be set together with CRMD_SMTP_PASSWORD"},
         {"CRMD_MAIL_FROM", "not an address", "must be one mailbox, addr@domain or Name <addr@domain>"},
         {"CRMD_MAIL_FROM", "a@example.com, b@example.com", "must be one mailbox, addr@domain or Name <addr@domain>"},
