@@ -69,7 +69,8 @@
       "A failed job waits up to this before its second attempt; the cap doubles with every attempt (full jitter)")     \
     X("CRMD_JOBS_BACKOFF_MAX_MS", jobs_backoff_max_ms, 10, 86400000, 3600000,                                          \
       "The longest wait between two attempts of a job, in milliseconds")                                               \
-    X("CRMD_MAIL_TIMEOUT_MS", mail_timeout_ms, 1000, 600000, 30000, "Deadline of one SMTP submission, in milliseconds")
+    X("CRMD_MAIL_TIMEOUT_MS", mail_timeout_ms, 1000, 600000, 15000,                                                    \
+      "Deadline of one SMTP submission, in milliseconds; at most two thirds of CRMD_JOBS_LEASE_MS apply")
 
 #define CRM_CONFIG_INT_ENTRY(name, field, min, max, def, help) {name, #def, help " (" #min ".." #max ")"},
 #define CRM_CONFIG_INT_LOAD(name, field, min, max, def, help)  c->field = crm_env_int(e, name, def, min, max);

@@ -74,7 +74,7 @@ typedef struct st_crm_config_t {
     int jobs_poll_ms;         /* CRMD_JOBS_POLL_MS 10..60000, default 500 */
     int jobs_backoff_base_ms; /* CRMD_JOBS_BACKOFF_BASE_MS 10..3600000, default 1000 */
     int jobs_backoff_max_ms;  /* CRMD_JOBS_BACKOFF_MAX_MS 10..86400000, default 3600000 */
-    int mail_timeout_ms;      /* CRMD_MAIL_TIMEOUT_MS 1000..600000, default 30000: one SMTP submission */
+    int mail_timeout_ms;      /* CRMD_MAIL_TIMEOUT_MS 1000..600000, default 15000: one SMTP submission */
 } crm_config_t;
 
 /*

@@ -12,7 +12,7 @@
 #include "mail/smtp.h"
 
 /* The runner's deadline for one attempt is the submission's plus this, so the submission always ends first. */
-#define HANDLER_SLACK_MS 5000
+#define HANDLER_SLACK_MS 1000
 
 int crm_app_mail_init(crm_app_t *app)
 {
@@ -159,8 +159,8 @@ static void on_mail_job(crm_job_t *job, void *ctx)
         return;
     }
     uint64_t now = uv_now(app->loop), deadline = now + (uint64_t)app->config->mail_timeout_ms;
-    if (deadline > job->deadline)
-        deadline = job->deadline;
+    if (deadline + HANDLER_SLACK_MS > job->deadline)
+        deadline = job->deadline > now + HANDLER_SLACK_MS ? job->deadline - HANDLER_SLACK_MS : now + 1;
     err = crm_mail_submit(&app->mail.relay, app->mail.from_addr, rcpt, n, text_out, len, deadline, on_submitted, job);
     free(text_out);
     if (err != 0) {
@@ -174,8 +174,11 @@ static void on_mail_job(crm_job_t *job, void *ctx)
 
 int crm_app_mail_register(crm_app_t *app)
 {
-    /* The runner allows a handler at most ten leases; the submission's own deadline follows the job's. */
+    /* A submission must be over before the lease taken at the claim could run out, even if no renewal gets
+     * through: otherwise a runner cut off from the database could still be talking to the relay while another
+     * process, having reclaimed the job, sends the same mail. Two thirds of the lease leaves the claim's own
+     * round trip and clock drift their margin. The submission's deadline follows the job's (on_mail_job). */
     uint64_t timeout = (uint64_t)app->config->mail_timeout_ms + HANDLER_SLACK_MS,
-             most = 10 * (uint64_t)app->config->jobs_lease_ms;
+             most = 2 * (uint64_t)app->config->jobs_lease_ms / 3;
     return crm_jobs_register(app->jobs, CRM_APP_MAIL_KIND, on_mail_job, app, timeout < most ? timeout : most);
 }

@@ -1134,6 +1134,7 @@ static void test_outbound_rules(void **state)
     assert_non_null(c.mail_from);
     assert_int_equal(c.jobs_enabled, 1);
     assert_int_equal(c.jobs_lease_ms, 30000);
+    assert_int_equal(c.mail_timeout_ms, 15000);
 
     /* Test fakes on loopback over plain HTTP are fine outside production. */
     fake_set(&f, "CRMD_GMAIL_API_URL", "http://127.0.0.1:9999");
