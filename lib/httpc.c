@@ -340,12 +340,11 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose, struct 
 static int on_close_socket(void *clientp, curl_socket_t fd)
 {
     crm_httpc_t *c = clientp;
-    /* The watcher goes first, while the descriptor is still open: epoll must never hold a closed descriptor. */
-    if ((size_t)fd < c->by_fd_cap && c->by_fd[fd] != NULL) {
-        if (c->multi != NULL)
-            curl_multi_assign(c->multi, fd, NULL);
+    /* The watcher goes first, while the descriptor is still open: epoll must never hold a closed descriptor.
+     * libcurl has already forgotten the socket (it reports CURL_POLL_REMOVE before calling this), so there is no
+     * association of its to clear; this also runs inside curl_multi_cleanup. */
+    if ((size_t)fd < c->by_fd_cap && c->by_fd[fd] != NULL)
         sock_close(c, c->by_fd[fd]);
-    }
     return close(fd);
 }
 
