@@ -75,11 +75,20 @@ int crm_pg_cluster_psql(const char *sql)
     return psql_db("crmd", sql);
 }
 
+static void (*volatile g_on_cleanup)(void);
+
+void crm_pg_cluster_on_cleanup(void (*fn)(void))
+{
+    g_on_cleanup = fn;
+}
+
 void crm_pg_cluster_cleanup(void)
 {
     if (g_cleaned || g_owner_pid != getpid())
         return;
     g_cleaned = 1;
+    if (g_on_cleanup != NULL)
+        g_on_cleanup();
     if (g_dir[0] != '\0') {
         crm_pg_cluster_pgsh("stop", "immediate");
         char *argv[] = {"/bin/rm", "-rf", g_dir, NULL};

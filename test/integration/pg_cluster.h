@@ -61,6 +61,11 @@ PGconn *crm_pg_cluster_connect(const char *conninfo);
  * after printing the error on stderr. For assertions: blocking. */
 int crm_pg_cluster_value(PGconn *c, const char *sql, char *out, size_t cap);
 
+/* Registers fn to run first when the cluster is cleaned up (for example to resume a server process a test stopped
+ * with SIGSTOP, which would otherwise keep PostgreSQL from shutting down). fn may run from a signal handler: it must
+ * be async-signal-safe. One hook; a second call replaces it. */
+void crm_pg_cluster_on_cleanup(void (*fn)(void));
+
 /* In a forked child: this process must never stop or remove the cluster. */
 void crm_pg_cluster_disown(void);
 

@@ -6,11 +6,12 @@
  * back under load (breaker), 8 detach and close, 9 statements that do not prepare, 10 large parameters and results
  * and many statements per unit, 11 a server that accepts connections but never answers.
  *
- * The test creates its own throwaway cluster with test/tools/pg.sh in a private directory under /tmp (it has to:
- * scenario 7 stops and restarts the server, scenarios 5 and 11 stop server processes with SIGSTOP), talks to it over
- * the cluster's unix socket as the superuser, and removes it on every way out: normal exit, failed check (exit),
- * abort (sanitizers), SIGTERM from the test runner's timeout, SIGINT and SIGHUP. SIGSTOP needs the right to signal
- * the server's processes: run it as root (the server then runs as postgres) or as the user who owns the cluster.
+ * The test creates its own throwaway cluster (pg_cluster.h: test/tools/pg.sh in a private directory under /tmp; it
+ * has to: scenario 7 stops and restarts the server, scenarios 5 and 11 stop server processes with SIGSTOP), talks to
+ * it over the cluster's unix socket as the superuser, and removes it on every way out: normal exit, failed check
+ * (exit), abort (sanitizers), SIGTERM from the test runner's timeout, SIGINT and SIGHUP; a server process left
+ * stopped is resumed first. SIGSTOP needs the right to signal the server's processes: run it as root (the server
+ * then runs as postgres) or as the user who owns the cluster.
  *
  * Every scenario runs on a fresh uv_loop_t and ends by closing its pool and asserting uv_loop_close() == 0, so a
  * handle the pool forgot to close fails the test. The test code drives the loop itself (uv_run UV_RUN_ONCE until a
@@ -41,6 +42,7 @@
 #include "breaker.h"
 #include "err.h"
 #include "pg.h"
+#include "pg_cluster.h"
 
 /* ---- failing loudly ---- */
 
@@ -78,129 +80,24 @@ static double ms_between(uint64_t from_ns, uint64_t to_ns)
     return (double)(to_ns - from_ns) / 1e6;
 }
 
-/* ---- the private cluster ---- */
+/* ---- the private cluster (pg_cluster.h) ---- */
 
-static char g_pgsh[4096];
-static char g_dir[64];
-static char g_conninfo[512];
-static volatile sig_atomic_t g_cleaned;
 /* A server process stopped with SIGSTOP (scenario 5: a backend, 11: the postmaster): resumed on any exit, or
  * PostgreSQL could not shut down. */
 static volatile pid_t g_stopped_backend;
 
-/* Runs argv (argv[0] is a path) and returns its exit status, or -1. Only fork, open, dup2, execv, _exit and waitpid:
- * all async-signal-safe, so the fatal-signal handler can clean up with it too. */
-static int run_cmd(char *const argv[], int quiet)
+static void resume_stopped(void)
 {
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        if (quiet) {
-            int fd = open("/dev/null", O_WRONLY);
-            if (fd >= 0) {
-                dup2(fd, STDOUT_FILENO);
-                close(fd);
-            }
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-/* pg.sh CMD DIR [ARG]. */
-static int pgsh(const char *cmd, const char *arg)
-{
-    char *argv[] = {"/bin/sh", g_pgsh, (char *)cmd, g_dir, (char *)arg, NULL};
-    return run_cmd(argv, 1);
-}
-
-static int psql(const char *sql)
-{
-    char *argv[] = {"/bin/sh", g_pgsh, "psql", g_dir, "-c", (char *)sql, NULL};
-    return run_cmd(argv, 1);
-}
-
-static void cleanup(void)
-{
-    if (g_cleaned)
-        return;
-    g_cleaned = 1;
     if (g_stopped_backend > 0)
         kill(g_stopped_backend, SIGCONT);
-    if (g_dir[0] != '\0') {
-        pgsh("stop", "immediate");
-        char *argv[] = {"/bin/rm", "-rf", g_dir, NULL};
-        run_cmd(argv, 1);
-    }
 }
 
-static void on_fatal_signal(int sig)
-{
-    cleanup();
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
+/* Scenario 15 needs TCP (host failover): the cluster listens on 127.0.0.1 too. */
 static void cluster_setup(void)
 {
-    const char *root = getenv("CRMD_SOURCE_ROOT");
-    CHECK(root != NULL && root[0] != '\0', "CRMD_SOURCE_ROOT must name the repository (for test/tools/pg.sh)");
-    snprintf(g_pgsh, sizeof(g_pgsh), "%s/test/tools/pg.sh", root);
-    CHECK(access(g_pgsh, R_OK) == 0, "cannot read %s: %s", g_pgsh, strerror(errno));
-    snprintf(g_dir, sizeof(g_dir), "/tmp/crmd-test-pgpool.XXXXXX");
-    CHECK(mkdtemp(g_dir) != NULL, "mkdtemp: %s", strerror(errno));
-    atexit(cleanup);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_fatal_signal;
-    sigemptyset(&sa.sa_mask);
-    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGABRT};
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); ++i)
-        sigaction(sigs[i], &sa, NULL);
-    /* Crashes: only where nobody else handles them. AddressSanitizer's handler reports the crash and then aborts,
-     * which reaches the SIGABRT handler above. */
-    int crashes[] = {SIGSEGV, SIGBUS};
-    for (size_t i = 0; i < sizeof(crashes) / sizeof(crashes[0]); ++i) {
-        struct sigaction old;
-        if (sigaction(crashes[i], NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_DFL)
-            sigaction(crashes[i], &sa, NULL);
-    }
-    /* Durability is not under test; this makes initdb and the inserts fast on a shared machine. */
-    setenv("PG_FSYNC", "off", 1);
-    setenv("PG_SYNCHRONOUS_COMMIT", "off", 1);
-    /* Scenario 15 needs TCP (host failover): listen on 127.0.0.1 too, on a port the kernel says is free. */
-    if (getenv("PGPORT") == NULL) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t len = sizeof(sin);
-        CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
-                  getsockname(fd, (struct sockaddr *)&sin, &len) == 0,
-              "finding a free port: %s", strerror(errno));
-        char port[8];
-        snprintf(port, sizeof(port), "%u", ntohs(sin.sin_port));
-        close(fd);
-        setenv("PGPORT", port, 1);
-    }
-    setenv("PG_LISTEN_ADDRESSES", "127.0.0.1", 1);
-    setenv("PG_AUTH_HOST", "trust", 1);
-    CHECK(pgsh("init", NULL) == 0, "pg.sh init %s failed (see its output above)", g_dir);
-    uint64_t t0 = uv_hrtime();
-    CHECK(pgsh("start", NULL) == 0, "pg.sh start %s failed (see its output above)", g_dir);
-    printf("figure: cluster %s started in %.0f ms\n", g_dir, ms_since(t0));
-    const char *user = "postgres";
-    if (geteuid() != 0) {
-        struct passwd *pw = getpwuid(geteuid());
-        CHECK(pw != NULL, "no passwd entry for uid %u", (unsigned)geteuid());
-        user = pw->pw_name;
-    }
-    const char *port = getenv("PGPORT") != NULL ? getenv("PGPORT") : "5432";
-    snprintf(g_conninfo, sizeof(g_conninfo), "host=%s/run port=%s user=%s dbname=postgres", g_dir, port, user);
+    CHECK(crm_pg_cluster_start("pgpool", CRM_PG_CLUSTER_TCP) == 0, "cannot start the cluster (see above)");
+    crm_pg_cluster_on_cleanup(resume_stopped);
+    CHECK(crm_pg_cluster_migrate() == 0, "cannot create the database (see above)");
 }
 
 /* ---- driving the loop ---- */
@@ -281,7 +178,7 @@ static crm_pg_stats_t stats(crm_pg_pool_t *p)
 static void config(crm_pg_config_t *cfg, size_t size, size_t depth, size_t queue_max)
 {
     crm_pg_config_default(cfg);
-    cfg->conninfo = g_conninfo;
+    cfg->conninfo = crm_pg_cluster_conninfo();
     cfg->application_name = "test_pg_pool";
     cfg->size = size;
     cfg->pipeline_depth = depth;
@@ -825,7 +722,8 @@ static void scenario_isolation(void)
 {
     env_t e;
     env_init(&e, "6 isolation in one pipeline");
-    CHECK(psql("SET client_min_messages = warning; DROP TABLE IF EXISTS t; CREATE TABLE t (x int PRIMARY KEY)") == 0,
+    CHECK(crm_pg_cluster_psql(
+              "SET client_min_messages = warning; DROP TABLE IF EXISTS t; CREATE TABLE t (x int PRIMARY KEY)") == 0,
           "psql: CREATE TABLE t failed");
     stmts_t s;
     crm_pg_config_t cfg;
@@ -912,7 +810,7 @@ static void scenario_isolation(void)
     printf("figure: A=%s/%s@%d B=ok C=%s/%s@%d D=ok, t={2,4}; tenant after tenant unit: %s\n", crm_err_name(a.err),
            a.sqlstate, a.error_index, crm_err_name(c.err), c.sqlstate, c.error_index, n1.is_null ? "NULL" : "''");
     pool_close(&e, p);
-    CHECK(psql("DROP TABLE t") == 0, "psql: DROP TABLE t failed");
+    CHECK(crm_pg_cluster_psql("DROP TABLE t") == 0, "psql: DROP TABLE t failed");
     env_close(&e);
 }
 
@@ -930,7 +828,7 @@ typedef struct {
 static void job_work(uv_work_t *req)
 {
     pg_job_t *j = req->data;
-    j->rc = pgsh(j->cmd, j->arg);
+    j->rc = crm_pg_cluster_pgsh(j->cmd, j->arg);
 }
 
 static void job_after(uv_work_t *req, int status)
@@ -1559,7 +1457,7 @@ static void scenario_large(void)
 static pid_t postmaster_pid(void)
 {
     char path[128];
-    snprintf(path, sizeof(path), "%s/data/postmaster.pid", g_dir);
+    snprintf(path, sizeof(path), "%s/data/postmaster.pid", crm_pg_cluster_dir());
     FILE *f = fopen(path, "r");
     CHECK(f != NULL, "cannot open %s: %s", path, strerror(errno));
     long pid = 0;
@@ -1642,9 +1540,9 @@ static void scenario_commit_time_error(void)
 {
     env_t e;
     env_init(&e, "12 error at commit time (deferred constraint)");
-    CHECK(psql("SET client_min_messages = warning; DROP TABLE IF EXISTS child, parent; "
-               "CREATE TABLE parent (id int PRIMARY KEY); "
-               "CREATE TABLE child (pid int REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)") == 0,
+    CHECK(crm_pg_cluster_psql("SET client_min_messages = warning; DROP TABLE IF EXISTS child, parent; "
+                              "CREATE TABLE parent (id int PRIMARY KEY); "
+                              "CREATE TABLE child (pid int REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)") == 0,
           "psql: CREATE TABLE parent/child failed");
     stmts_t s;
     crm_pg_config_t cfg;
@@ -1677,7 +1575,9 @@ static void scenario_commit_time_error(void)
     CHECK(stats(p).conn_failures == 0 && stats(p).sql_errors == 2, "conn_failures %llu sql_errors %llu",
           (unsigned long long)stats(p).conn_failures, (unsigned long long)stats(p).sql_errors);
     pool_close(&e, p);
-    CHECK(psql("SELECT count(*) FROM child") == 0 && psql("DROP TABLE child, parent") == 0, "psql: cleanup");
+    CHECK(crm_pg_cluster_psql("SELECT count(*) FROM child") == 0 &&
+              crm_pg_cluster_psql("DROP TABLE child, parent") == 0,
+          "psql: cleanup");
     env_close(&e);
 }
 
@@ -1738,7 +1638,8 @@ static void scenario_write_behind_slow_unit(void)
 {
     env_t e;
     env_init(&e, "14 a write behind a slow unit keeps its true outcome");
-    CHECK(psql("SET client_min_messages = warning; DROP TABLE IF EXISTS t; CREATE TABLE t (x int PRIMARY KEY)") == 0,
+    CHECK(crm_pg_cluster_psql(
+              "SET client_min_messages = warning; DROP TABLE IF EXISTS t; CREATE TABLE t (x int PRIMARY KEY)") == 0,
           "psql: CREATE TABLE t failed");
     stmts_t s;
     crm_pg_config_t cfg;
@@ -1773,7 +1674,7 @@ static void scenario_write_behind_slow_unit(void)
     printf("figure: read answered early at %.0f ms; write answered %s at %.0f ms, row %s\n", rec_ms(&rd),
            crm_err_name(w.err), rec_ms(&w), committed ? "committed" : "absent");
     pool_close(&e, p);
-    CHECK(psql("DROP TABLE t") == 0, "psql: DROP TABLE t failed");
+    CHECK(crm_pg_cluster_psql("DROP TABLE t") == 0, "psql: DROP TABLE t failed");
     env_close(&e);
 }
 
@@ -1787,7 +1688,7 @@ static void scenario_host_failover(void)
     const char *port = getenv("PGPORT");
     /* Port 1 on loopback refuses at once; libpq moves on to the second host, usually on the same descriptor
      * number. The pool must follow it to that new socket. */
-    snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1,127.0.0.1 port=1,%s user=%s dbname=postgres", port,
+    snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1,127.0.0.1 port=1,%s user=%s dbname=crmd", port,
              geteuid() == 0 ? "postgres" : getpwuid(geteuid())->pw_name);
     stmts_t s;
     crm_pg_config_t cfg;
