@@ -36,37 +36,7 @@
 #include "metrics.h"
 #include "pg.h"
 #include "pg_cluster.h"
-
-/* ---- failing loudly ---- */
-
-static const char *g_scenario = "setup";
-
-static void fail(const char *file, int line, const char *expr, const char *fmt, ...)
-    __attribute__((noreturn, format(printf, 4, 5)));
-
-static void fail(const char *file, int line, const char *expr, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "\nFAIL [%s] %s:%d: check `%s` failed: ", g_scenario, file, line, expr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    /* exit, not abort: the atexit handler stops and removes the private cluster. */
-    exit(1);
-}
-
-#define CHECK(cond, ...)                                                                                               \
-    do {                                                                                                               \
-        if (!(cond))                                                                                                   \
-            fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                                              \
-    } while (0)
-
-static double ms_since(uint64_t start_ns)
-{
-    return (double)(uv_hrtime() - start_ns) / 1e6;
-}
+#include "scenario.h"
 
 /* ---- blocking SQL for setup and assertions (never while the loop runs) ---- */
 
@@ -144,11 +114,6 @@ static void reset_jobs(void)
 
 /* ---- driving the loop ---- */
 
-typedef struct {
-    uv_loop_t loop;
-    uv_timer_t tick; /* keeps UV_RUN_ONCE from blocking longer than a few ms, and completes deferred jobs */
-} env_t;
-
 /* Jobs a handler asked to complete later, from a loop callback rather than from inside the handler call. */
 typedef struct {
     crm_job_t *job;
@@ -197,12 +162,7 @@ static void on_tick(uv_timer_t *t)
 /* Starts a scenario on a fresh loop; `reset` empties crm.jobs first. */
 static void env_init_ex(env_t *e, const char *scenario, int reset)
 {
-    g_scenario = scenario;
-    printf("== %s\n", scenario);
-    fflush(stdout);
-    CHECK(uv_loop_init(&e->loop) == 0, "uv_loop_init");
-    uv_timer_init(&e->loop, &e->tick);
-    uv_timer_start(&e->tick, on_tick, 2, 2);
+    env_open(e, scenario, on_tick); /* the tick also completes deferred jobs */
     g_ndeferred = 0;
     if (reset)
         reset_jobs();
@@ -213,39 +173,11 @@ static void env_init(env_t *e, const char *scenario)
     env_init_ex(e, scenario, 1);
 }
 
-static void print_handle(uv_handle_t *h, void *arg)
-{
-    fprintf(stderr, "  leaked handle: %s active=%d closing=%d\n", uv_handle_type_name(uv_handle_get_type(h)),
-            uv_is_active(h), uv_is_closing(h));
-}
-
-static void env_close(env_t *e)
+/* Every deferred job must have ended before a scenario closes its loop. */
+static void env_finish(env_t *e)
 {
     CHECK(g_ndeferred == 0, "%zu deferred jobs never ended", g_ndeferred);
-    uv_close((uv_handle_t *)&e->tick, NULL);
-    uint64_t t0 = uv_hrtime();
-    while (uv_run(&e->loop, UV_RUN_NOWAIT) != 0 && ms_since(t0) < 2000)
-        ;
-    int rc = uv_loop_close(&e->loop);
-    if (rc != 0)
-        uv_walk(&e->loop, print_handle, NULL);
-    CHECK(rc == 0, "uv_loop_close returned %s: handles leaked", uv_err_name(rc));
-}
-
-#define RUN_UNTIL(e, cond, timeout_ms)                                                                                 \
-    do {                                                                                                               \
-        uint64_t run_until_t0_ = uv_hrtime();                                                                          \
-        while (!(cond)) {                                                                                              \
-            CHECK(ms_since(run_until_t0_) < (timeout_ms), "still false after %d ms", (int)(timeout_ms));               \
-            uv_run(&(e)->loop, UV_RUN_ONCE);                                                                           \
-        }                                                                                                              \
-    } while (0)
-
-static void run_for(env_t *e, double ms)
-{
-    uint64_t t0 = uv_hrtime();
-    while (ms_since(t0) < ms)
-        uv_run(&e->loop, UV_RUN_ONCE);
+    env_close(e);
 }
 
 /* ---- a pool with a runner ---- */
@@ -592,7 +524,7 @@ static void scenario_backoff(void)
     sql_ok(g_su, "DROP TRIGGER test_delay ON crm.jobs");
     sql_ok(g_su, "DROP FUNCTION public.test_log_delay()");
     sql_ok(g_su, "DROP TABLE public.test_delays");
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 2. dead after max_attempts, listed, replayed by the operator ---- */
@@ -726,7 +658,7 @@ static void scenario_dead_and_retry(void)
                    "attempts = 1",
                    id) == 1,
           "succeeded after replay");
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 3. two runners drain 5,000 jobs, each exactly once ---- */
@@ -790,7 +722,7 @@ static void scenario_two_runners(void)
     printf("figure: 2 runners drained %d jobs in %.0f ms = %.0f jobs/s (split %d / %d, %" PRIu64 " + %" PRIu64
            " claims)\n",
            DRAIN_JOBS, ms, DRAIN_JOBS / (ms / 1000.0), s3.by_runner[0], s3.by_runner[1], sa.claims, sb.claims);
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 4. a crashed process: leases expire, another runner reclaims ---- */
@@ -917,7 +849,7 @@ static void scenario_crash(void)
     sql_ok(g_su, "DROP TABLE public.test_leases");
     printf("figure: %d jobs of a SIGKILLed process finished elsewhere %.0f ms after the kill (lease 1000 ms)\n",
            CRASH_JOBS, ms);
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 5. renewal keeps a long job's lease ---- */
@@ -993,7 +925,7 @@ static void scenario_renewal(void)
     printf("figure: 2700 ms job under a 900 ms lease: %d lease moves seen in %d samples, %" PRIu64
            " renewals, 0 reclaims\n",
            moves, samples, sa.renewals + sb.renewals);
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 6. de-duplication, outbox rollback, tenant isolation ---- */
@@ -1160,7 +1092,7 @@ static void scenario_dedup_outbox_rls(void)
 
     rig_close(&e, &g, 0);
     rig_close(&e, &other, 0);
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 7. stop with a running job ---- */
@@ -1245,7 +1177,7 @@ static void scenario_stop(void)
           "queued again after the lease expired");
     rig_close_pool(&e, &g);
     printf("figure: stop took %.0f ms with grace 400 ms; 1 left to lease expiry, 1 recorded\n", ms);
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 8. throughput ---- */
@@ -1302,7 +1234,7 @@ static void scenario_throughput(void)
     env_init(&e, "8 throughput: 20,000 no-op jobs, one runner");
     throughput_run(&e, 64, 64); /* the defaults */
     throughput_run(&e, 1024, 512);
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 9. a handler past its deadline ---- */
@@ -1358,7 +1290,7 @@ static void scenario_timeout(void)
                          "last_error = 'timeout'") == 1,
           "recorded: timeout, then success at attempt 2");
     printf("figure: 200 ms handler timeout detected and retried; done in %.0f ms\n", ms);
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 10. a lease lost to someone else ---- */
@@ -1402,7 +1334,7 @@ static void scenario_lost(void)
     rig_close(&e, &g, 1000);
     CHECK(sql_long(g_su, "SELECT count(*) FROM crm.jobs WHERE state = 'running' AND lease_owner = 'thief'") == 1,
           "the thief's lease is untouched");
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 11. outcomes are kept and retried while the database refuses them ---- */
@@ -1453,7 +1385,7 @@ static void scenario_flush_retry(void)
           "all recorded once, none re-run");
     printf("figure: %d outcomes held through %" PRIu64 " failed attempts to record them, then recorded\n", LOCKED_JOBS,
            st.flush_errors);
-    env_close(&e);
+    env_finish(&e);
 }
 
 /* ---- 12. retention: succeeded jobs are purged, dead and recent ones stay ---- */
@@ -1491,7 +1423,7 @@ static void scenario_retention(void)
     CHECK(sql_long(g_su, "SELECT count(*) FROM crm.jobs WHERE kind = 'old.done'") == 0, "old succeeded jobs gone");
     CHECK(sql_long(g_su, "SELECT count(*) FROM crm.jobs WHERE kind IN ('old.dead', 'noop')") == 2,
           "the dead job and the recent success stay");
-    env_close(&e);
+    env_finish(&e);
 }
 
 int main(int argc, char **argv)

@@ -43,37 +43,7 @@
 #include "err.h"
 #include "pg.h"
 #include "pg_cluster.h"
-
-/* ---- failing loudly ---- */
-
-static void fail(const char *file, int line, const char *expr, const char *fmt, ...)
-    __attribute__((noreturn, format(printf, 4, 5)));
-
-static const char *g_scenario = "setup";
-
-static void fail(const char *file, int line, const char *expr, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "\nFAIL [%s] %s:%d: check `%s` failed: ", g_scenario, file, line, expr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    fflush(stderr);
-    /* exit, not abort: the atexit handler stops and removes the private cluster. */
-    exit(1);
-}
-
-#define CHECK(cond, ...)                                                                                               \
-    do {                                                                                                               \
-        if (!(cond))                                                                                                   \
-            fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                                              \
-    } while (0)
-
-static double ms_since(uint64_t start_ns)
-{
-    return (double)(uv_hrtime() - start_ns) / 1e6;
-}
+#include "scenario.h"
 
 static double ms_between(uint64_t from_ns, uint64_t to_ns)
 {
@@ -100,61 +70,11 @@ static void cluster_setup(void)
     CHECK(crm_pg_cluster_migrate() == 0, "cannot create the database (see above)");
 }
 
-/* ---- driving the loop ---- */
-
-typedef struct {
-    uv_loop_t loop;
-    uv_timer_t tick; /* keeps UV_RUN_ONCE from blocking longer than a few ms, so waits can be bounded */
-} env_t;
-
-static void on_tick(uv_timer_t *t)
-{
-}
+/* ---- driving the loop (scenario.h) ---- */
 
 static void env_init(env_t *e, const char *scenario)
 {
-    g_scenario = scenario;
-    printf("== %s\n", scenario);
-    fflush(stdout);
-    CHECK(uv_loop_init(&e->loop) == 0, "uv_loop_init");
-    uv_timer_init(&e->loop, &e->tick);
-    uv_timer_start(&e->tick, on_tick, 2, 2);
-}
-
-static void print_handle(uv_handle_t *h, void *arg)
-{
-    fprintf(stderr, "  leaked handle: %s active=%d closing=%d\n", uv_handle_type_name(uv_handle_get_type(h)),
-            uv_is_active(h), uv_is_closing(h));
-}
-
-/* Closes the test's own handle, lets every close callback run, and requires a clean loop: a handle left open by the
- * pool makes uv_loop_close return UV_EBUSY. */
-static void env_close(env_t *e)
-{
-    uv_close((uv_handle_t *)&e->tick, NULL);
-    uint64_t t0 = uv_hrtime();
-    while (uv_run(&e->loop, UV_RUN_NOWAIT) != 0 && ms_since(t0) < 2000)
-        ;
-    int rc = uv_loop_close(&e->loop);
-    if (rc != 0)
-        uv_walk(&e->loop, print_handle, NULL);
-    CHECK(rc == 0, "uv_loop_close returned %s: handles leaked", uv_err_name(rc));
-}
-
-#define RUN_UNTIL(e, cond, timeout_ms)                                                                                 \
-    do {                                                                                                               \
-        uint64_t run_until_t0_ = uv_hrtime();                                                                          \
-        while (!(cond)) {                                                                                              \
-            CHECK(ms_since(run_until_t0_) < (timeout_ms), "still false after %d ms", (int)(timeout_ms));               \
-            uv_run(&(e)->loop, UV_RUN_ONCE);                                                                           \
-        }                                                                                                              \
-    } while (0)
-
-static void run_for(env_t *e, double ms)
-{
-    uint64_t t0 = uv_hrtime();
-    while (ms_since(t0) < ms)
-        uv_run(&e->loop, UV_RUN_ONCE);
+    env_open(e, scenario, NULL);
 }
 
 /* ---- pools, units, results ---- */
@@ -471,7 +391,7 @@ static int fill_until_refused(crm_pg_pool_t *p, const stmts_t *s, rec_t *recs, i
         crm_pg_unit_free(u);
         return i;
     }
-    fail(__FILE__, __LINE__, "refused", "%d submits were all accepted", max);
+    crm_test_fail(__FILE__, __LINE__, "refused", "%d submits were all accepted", max);
 }
 
 static void scenario_queue_full(void)
