@@ -14,6 +14,21 @@
 /* The runner's deadline for one attempt is the submission's plus this, so the submission always ends first. */
 #define HANDLER_SLACK_MS 1000
 
+size_t crm_app_mail_recipients(const json_t *to, crm_mail_mailbox_t *boxes)
+{
+    size_t n = json_array_size(to);
+    if (n == 0 || n > CRM_APP_MAIL_MAX_TO)
+        return 0;
+    for (size_t i = 0; i < n; ++i) {
+        const json_t *t = json_array_get(to, i);
+        boxes[i].addr = json_string_value(json_object_get(t, "email"));
+        boxes[i].name = json_string_value(json_object_get(t, "name"));
+        if (boxes[i].addr == NULL)
+            return 0;
+    }
+    return n;
+}
+
 int crm_app_mail_init(crm_app_t *app)
 {
     const crm_config_t *cfg = app->config;
@@ -134,18 +149,12 @@ static void on_mail_job(crm_job_t *job, void *ctx)
     const json_t *html_v = json_object_get(p, "html");
     const char *html = json_string_value(html_v);
     const char *message_id = json_string_value(json_object_get(p, "message_id"));
-    size_t n = json_array_size(to);
     crm_mail_mailbox_t boxes[CRM_APP_MAIL_MAX_TO];
     const char *rcpt[CRM_APP_MAIL_MAX_TO];
-    int ok =
-        text != NULL && message_id != NULL && n >= 1 && n <= CRM_APP_MAIL_MAX_TO && (html_v == NULL || html != NULL);
-    for (size_t i = 0; ok && i < n; ++i) {
-        const json_t *t = json_array_get(to, i);
-        boxes[i].addr = rcpt[i] = json_string_value(json_object_get(t, "email"));
-        boxes[i].name = json_string_value(json_object_get(t, "name"));
-        ok = boxes[i].addr != NULL;
-    }
-    if (!ok) {
+    size_t n = crm_app_mail_recipients(to, boxes);
+    for (size_t i = 0; i < n; ++i)
+        rcpt[i] = boxes[i].addr;
+    if (n == 0 || text == NULL || message_id == NULL || (html_v != NULL && html == NULL)) {
         crm_job_fail(job, "payload is not a mail", 0, 1);
         return;
     }

@@ -16,6 +16,7 @@
 #ifndef CRM_APP_MAILER_H
 #define CRM_APP_MAILER_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "app.h"
@@ -35,6 +36,12 @@ typedef struct st_crm_app_mail_t {
     const char *html;       /* UTF-8, optional */
     const char *unique_key; /* optional de-duplication key (lib/jobs.h) */
 } crm_app_mail_t;
+
+/* Reads recipients from a JSON array of {"email": …, "name": …} objects (the payload's and the diagnostics' form)
+ * into boxes (CRM_APP_MAIL_MAX_TO of them); the strings are borrowed from the array. Returns the count, or 0 when
+ * the array is empty, too long, or an entry has no email string. Addresses are validated when the mail is
+ * composed. */
+size_t crm_app_mail_recipients(const json_t *to, crm_mail_mailbox_t *boxes);
 
 /* Reads the sender from the configuration and sets up the relay. Before crm_app_mail_register. Returns 0 or
  * CRM_E_CONFIG (CRMD_MAIL_FROM unusable: the configuration check refuses that first). */

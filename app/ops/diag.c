@@ -303,14 +303,8 @@ static void on_mail_post(crm_http_req_t *req)
     crm_app_t *app = crm_api_app(req);
     json_t *to = json_object_get(body, "to");
     crm_mail_mailbox_t boxes[CRM_APP_MAIL_MAX_TO];
-    size_t n = json_array_size(to);
-    int ok = n >= 1 && n <= CRM_APP_MAIL_MAX_TO;
-    for (size_t i = 0; ok && i < n; ++i) {
-        boxes[i].addr = json_string_value(json_object_get(json_array_get(to, i), "email"));
-        boxes[i].name = json_string_value(json_object_get(json_array_get(to, i), "name"));
-        ok = boxes[i].addr != NULL;
-    }
-    if (!ok) {
+    size_t n = crm_app_mail_recipients(to, boxes);
+    if (n == 0) {
         crm_api_invalid(req, "to", "must be 1 to 50 objects with an email");
         goto out;
     }
