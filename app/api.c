@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jwt.h"
+
 int crm_api_require_operator(crm_http_req_t *req)
 {
     if (crm_http_bearer_matches(req, crm_api_app(req)->config->operator_token))
@@ -60,4 +62,107 @@ int crm_api_is_uuid(const char *s)
             return 0;
     }
     return 1;
+}
+
+void crm_api_invalid_many(crm_http_req_t *req, json_t *errors)
+{
+    crm_http_respond_problem(req, 400, "validation-failed", "Validation failed", "The request is not valid.", errors);
+}
+
+static size_t utf8_chars(const char *s, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; ++i)
+        n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
+int crm_api_read_body(crm_http_req_t *req, const crm_api_field_t *fields, size_t n)
+{
+    json_t *body = NULL;
+    if (crm_http_parse_json(req, &body) != 0)
+        return 0;
+    json_t *errors = json_array();
+    if (!json_is_object(body)) {
+        json_array_append_new(errors, json_pack("{s:s, s:s}", "field", "", "message", "must be a JSON object"));
+    } else {
+        const char *key;
+        json_t *value;
+        json_object_foreach(body, key, value)
+        {
+            size_t i = 0;
+            while (i < n && strcmp(fields[i].name, key) != 0)
+                ++i;
+            if (i == n)
+                json_array_append_new(errors, json_pack("{s:s, s:s}", "field", key, "message", "is not a known field"));
+        }
+        for (size_t i = 0; i < n; ++i) {
+            json_t *v = json_object_get(body, fields[i].name);
+            char msg[96];
+            *fields[i].out = NULL;
+            if (v == NULL || json_is_null(v)) {
+                if (fields[i].required)
+                    json_array_append_new(errors,
+                                          json_pack("{s:s, s:s}", "field", fields[i].name, "message", "is required"));
+                continue;
+            }
+            if (!json_is_string(v)) {
+                json_array_append_new(errors,
+                                      json_pack("{s:s, s:s}", "field", fields[i].name, "message", "must be a string"));
+                continue;
+            }
+            size_t chars = utf8_chars(json_string_value(v), json_string_length(v));
+            if (chars < fields[i].min_chars || chars > fields[i].max_chars ||
+                strlen(json_string_value(v)) != json_string_length(v)) {
+                snprintf(msg, sizeof(msg), "must be %zu to %zu characters long", fields[i].min_chars,
+                         fields[i].max_chars);
+                json_array_append_new(errors, json_pack("{s:s, s:s}", "field", fields[i].name, "message", msg));
+                continue;
+            }
+            size_t len = json_string_length(v);
+            char *copy = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
+            memcpy(copy, json_string_value(v), len + 1);
+            *fields[i].out = copy;
+        }
+    }
+    json_decref(body);
+    if (json_array_size(errors) != 0) {
+        crm_api_invalid_many(req, errors);
+        return 0;
+    }
+    json_decref(errors);
+    return 1;
+}
+
+int crm_api_cursor_decode(crm_http_req_t *req, json_t **out)
+{
+    *out = NULL;
+    const char *c = crm_http_query(req, "cursor");
+    if (c == NULL)
+        return 1;
+    uint8_t raw[512];
+    size_t len = 0;
+    json_t *v = NULL;
+    if (crm_base64url_decode(c, strlen(c), raw, sizeof(raw), &len) == 0)
+        v = json_loadb((const char *)raw, len, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_array(v)) {
+        json_decref(v);
+        crm_api_invalid(req, "cursor", "is not a cursor this endpoint returned");
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+json_t *crm_api_cursor_encode(json_t *position)
+{
+    char *text = json_dumps(position, JSON_COMPACT);
+    json_decref(position);
+    char enc[700];
+    size_t len = 0;
+    json_t *out = NULL;
+    if (text != NULL && strlen(text) <= 500 && crm_base64url_encode(text, strlen(text), enc, sizeof(enc), &len) == 0)
+        out = json_stringn(enc, len);
+    free(text);
+    return out != NULL ? out : json_null();
 }

@@ -33,6 +33,30 @@ void crm_api_invalid(crm_http_req_t *req, const char *field, const char *message
 int crm_api_query_int(crm_http_req_t *req, const char *name, long long min, long long max, int required, long long def,
                       long long *out);
 
+/* One expected member of a JSON request body, for crm_api_read_body. */
+typedef struct st_crm_api_field_t {
+    const char *name;
+    int required;
+    size_t min_chars, max_chars; /* length in characters (code points) of the string */
+    const char **out;            /* receives a NUL-terminated copy in request memory, or stays NULL when absent */
+} crm_api_field_t;
+
+/* Parses the body as a JSON object whose members are all strings and all listed in fields: every unknown member,
+ * missing required member, non-string value and out-of-range length is reported at once in one 400
+ * validation-failed problem (and JSON errors as crm_http_parse_json answers them). On success copies each present
+ * value into request memory, sets *fields[i].out and returns 1; otherwise the request is answered and 0 returned. */
+int crm_api_read_body(crm_http_req_t *req, const crm_api_field_t *fields, size_t n);
+
+/* Answers 400 validation-failed with `errors` (an array of {field, message}; taken over). */
+void crm_api_invalid_many(crm_http_req_t *req, json_t *errors);
+
+/* Reads the opaque keyset cursor of a list endpoint: base64url of a JSON array written by crm_api_cursor_encode.
+ * Absent: *out = NULL and 1. Malformed: answers 400 naming "cursor" and returns 0. *out is a new reference. */
+int crm_api_cursor_decode(crm_http_req_t *req, json_t **out);
+
+/* Encodes a JSON array (taken over) as an opaque cursor string (a new json string), or json null on failure. */
+json_t *crm_api_cursor_encode(json_t *position);
+
 /* 1 when s is a canonical UUID (8-4-4-4-12 hex digits). */
 int crm_api_is_uuid(const char *s);
 

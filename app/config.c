@@ -1,12 +1,16 @@
 #include "config.h"
 
+#include "auth/auth.h"
 #include "err.h"
+#include "jwt.h"
 #include "mail/address.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -19,7 +23,12 @@
 #define DEFAULT_STRIPE_API_URL   "https://api.stripe.com"
 #define DEFAULT_DOCUSIGN_API_URL "https://www.docusign.net/restapi"
 #define DEFAULT_SMTP_URL         "smtp://127.0.0.1:25"
-#define DEFAULT_MAIL_FROM        "crmd <crmd@localhost>"
+/* .localhost is reserved (RFC 6761) and, unlike a bare "localhost", has the two labels a Message-ID domain needs. */
+#define DEFAULT_MAIL_FROM  "crmd <crmd@crmd.localhost>"
+#define DEFAULT_PUBLIC_URL "http://127.0.0.1:8080"
+/* Outside production only: a published key, refused in production. base64 of "crmd development key, not a secret!" */
+#define DEV_JWT_KEY  "Y3JtZCBkZXZlbG9wbWVudCBrZXksIG5vdCBhIHNlY3JldCE="
+#define DEV_JWT_KEYS "dev:" DEV_JWT_KEY
 
 /* Host names quoted back in messages are cut to this length. */
 #define HOST_EXCERPT_MAX 40
@@ -70,7 +79,20 @@
     X("CRMD_JOBS_BACKOFF_MAX_MS", jobs_backoff_max_ms, 10, 86400000, 3600000,                                          \
       "The longest wait between two attempts of a job, in milliseconds")                                               \
     X("CRMD_MAIL_TIMEOUT_MS", mail_timeout_ms, 1000, 600000, 15000,                                                    \
-      "Deadline of one SMTP submission, in milliseconds; at most two thirds of CRMD_JOBS_LEASE_MS apply")
+      "Deadline of one SMTP submission, in milliseconds; at most two thirds of CRMD_JOBS_LEASE_MS apply")              \
+    X("CRMD_ACCESS_TOKEN_TTL_S", access_token_ttl_s, 60, 86400, 900, "Lifetime of an access token, in seconds")        \
+    X("CRMD_REFRESH_IDLE_S", refresh_idle_s, 300, 31622400, 1209600,                                                   \
+      "A session (refresh-token family) ends when unused this long, in seconds")                                       \
+    X("CRMD_REFRESH_ABSOLUTE_S", refresh_absolute_s, 3600, 31622400, 2592000,                                          \
+      "Absolute lifetime of a session, in seconds, however often it is refreshed")                                     \
+    X("CRMD_PASSWORD_MAX_IN_FLIGHT", password_max_in_flight, 1, 4096, 16,                                              \
+      "argon2id operations queued and running at once; beyond it requests that need one answer 503 with Retry-After")  \
+    X("CRMD_AUTH_CACHE_MS", auth_cache_ms, 0, 60000, 2000,                                                             \
+      "How long a process trusts its cached check that a user is active and what their role allows, in milliseconds")  \
+    X("CRMD_RATELIMIT_AUTH_PER_MIN", ratelimit_auth_per_min, 1, 1000000, 30,                                           \
+      "Requests per minute per client address to POST /v1/auth/*, with a burst of the same number")                    \
+    X("CRMD_RATELIMIT_API_PER_MIN", ratelimit_api_per_min, 1, 1000000, 6000,                                           \
+      "Requests per minute per client address to the other /v1 routes, with a burst of the same number")
 
 #define CRM_CONFIG_INT_ENTRY(name, field, min, max, def, help) {name, #def, help " (" #min ".." #max ")"},
 #define CRM_CONFIG_INT_LOAD(name, field, min, max, def, help)  c->field = crm_env_int(e, name, def, min, max);
@@ -110,6 +132,15 @@ const crm_config_var_t crm_config_vars[] = {
     {"CRMD_UPSTREAM_CA_FILE", "(none)",
      "PEM file of CA certificates to trust for outbound TLS instead of the system store"},
     {"CRMD_JOBS", "1", "1 to run queued jobs in this process, 0 to only enqueue them (another process runs them)"},
+    {"CRMD_JWT_KEYS", "a fixed development key outside production",
+     "Access-token keys, kid:base64key,... (each key at least 32 random bytes; the first signs, all verify); "
+     "required in production, which refuses the development key and weak keys"},
+    {"CRMD_TRUSTED_PROXIES", "(none)",
+     "Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For is believed; the rightmost hop that is "
+     "not one of them is the client"},
+    {"CRMD_PUBLIC_URL", DEFAULT_PUBLIC_URL " outside production",
+     "Base URL of the links in mails (verification, password reset, invitations); https:// and required in "
+     "production"},
     CRM_CONFIG_INT_VARS(CRM_CONFIG_INT_ENTRY)};
 
 const size_t crm_config_nvars = sizeof(crm_config_vars) / sizeof(crm_config_vars[0]);
@@ -539,8 +570,9 @@ static void load_outbound(crm_config_t *c, crm_env_t *e, int prod)
     if (c->mail_from == NULL)
         crm_env_problem(e, "CRMD_MAIL_FROM", 0, "is required in production (the From of verification mail)");
     else if (crm_mail_address_parse(c->mail_from, strlen(c->mail_from), NULL, &from) != 0 || from->count != 1 ||
-             from->invalid != 0 || from->items[0].group != NULL)
-        crm_env_problem(e, "CRMD_MAIL_FROM", 0, "must be one mailbox, addr@domain or Name <addr@domain>");
+             from->invalid != 0 || from->items[0].group != NULL || !crm_mail_address_is_valid(from->items[0].addr))
+        crm_env_problem(e, "CRMD_MAIL_FROM", 0,
+                        "must be one mailbox, addr@domain or Name <addr@domain>, with a domain of at least two labels");
     crm_mail_address_list_free(from);
     c->upstream_ca_file = crm_env_str(e, "CRMD_UPSTREAM_CA_FILE", NULL);
     if (c->upstream_ca_file != NULL && access(c->upstream_ca_file, R_OK) != 0) {
@@ -551,6 +583,44 @@ static void load_outbound(crm_config_t *c, crm_env_t *e, int prod)
     c->jobs_enabled = crm_env_bool(e, "CRMD_JOBS", 1);
     if (c->jobs_backoff_max_ms < c->jobs_backoff_base_ms)
         crm_env_problem(e, "CRMD_JOBS_BACKOFF_MAX_MS", 0, "must not be less than CRMD_JOBS_BACKOFF_BASE_MS");
+}
+
+/* Access-token keys, trusted proxies and the public URL of mail links. */
+static void load_auth(crm_config_t *c, crm_env_t *e, int prod)
+{
+    c->jwt_keys = crm_env_str(e, "CRMD_JWT_KEYS", prod ? NULL : DEV_JWT_KEYS);
+    crm_jwt_keyring_t ring = {0};
+    char why[160];
+    if (c->jwt_keys == NULL) {
+        crm_env_problem(e, "CRMD_JWT_KEYS", 0, "is required in production (generate a key: openssl rand -base64 32)");
+    } else if (crm_jwt_keys_parse(c->jwt_keys, &ring, why, sizeof(why)) != 0) {
+        crm_env_problem(e, "CRMD_JWT_KEYS", 0, "%s", why);
+    } else if (prod) {
+        /* Each key's base64 text is what an operator pasted: refuse the published one and obvious placeholders. */
+        for (const char *p = c->jwt_keys; p != NULL && *p != '\0';) {
+            const char *colon = strchr(p, ':'), *comma = strchr(p, ',');
+            size_t len = comma != NULL ? (size_t)(comma - colon - 1) : strlen(colon + 1);
+            char key[512];
+            const char *weak;
+            snprintf(key, sizeof(key), "%.*s", (int)(len < sizeof(key) ? len : sizeof(key) - 1), colon + 1);
+            if (strcmp(key, DEV_JWT_KEY) == 0 || crm_secret_is_weak(key, 43, &weak))
+                crm_env_problem(e, "CRMD_JWT_KEYS", 0,
+                                "holds the development key or a placeholder; use random keys (openssl rand -base64 "
+                                "32)");
+            OPENSSL_cleanse(key, sizeof(key));
+            p = comma != NULL ? comma + 1 : NULL;
+        }
+    }
+    crm_jwt_keyring_free(&ring);
+
+    c->trusted_proxies = crm_env_str(e, "CRMD_TRUSTED_PROXIES", NULL);
+    crm_auth_net_t *nets = NULL;
+    size_t n = 0;
+    if (crm_auth_parse_proxies(c->trusted_proxies, &nets, &n) != 0)
+        crm_env_problem(e, "CRMD_TRUSTED_PROXIES", 0, "must be addresses or CIDRs separated by commas, no spaces");
+    free(nets);
+
+    c->public_url = load_upstream_url(e, "CRMD_PUBLIC_URL", prod ? NULL : DEFAULT_PUBLIC_URL, prod);
 }
 
 int crm_config_load(crm_config_t *c, crm_env_t *e, const char *cwd)
@@ -583,6 +653,7 @@ int crm_config_load(crm_config_t *c, crm_env_t *e, const char *cwd)
                                                  sizeof(log_level_names) / sizeof(log_level_names[0]), CRM_LOG_INFO);
     c->access_log = crm_env_bool(e, "CRMD_ACCESS_LOG", 1);
     load_outbound(c, e, prod);
+    load_auth(c, e, prod);
     if (prod && c->tls_cert == NULL && c->tls_key == NULL && !c->behind_proxy)
         crm_env_problem(e, "CRMD_TLS_CERT", 0,
                         "is not set: production serves HTTPS; set CRMD_TLS_CERT and CRMD_TLS_KEY, or set "

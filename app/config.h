@@ -75,6 +75,18 @@ typedef struct st_crm_config_t {
     int jobs_backoff_base_ms; /* CRMD_JOBS_BACKOFF_BASE_MS 10..3600000, default 1000 */
     int jobs_backoff_max_ms;  /* CRMD_JOBS_BACKOFF_MAX_MS 10..86400000, default 3600000 */
     int mail_timeout_ms;      /* CRMD_MAIL_TIMEOUT_MS 1000..600000, default 15000: one SMTP submission */
+
+    /* Accounts and sessions (app/auth). */
+    const char *jwt_keys;        /* CRMD_JWT_KEYS kid:base64key,...; a published development key outside production */
+    const char *trusted_proxies; /* CRMD_TRUSTED_PROXIES ip[/prefix],... or NULL */
+    const char *public_url;      /* CRMD_PUBLIC_URL, base of links in mail */
+    int access_token_ttl_s;      /* CRMD_ACCESS_TOKEN_TTL_S 60..86400, default 900 */
+    int refresh_idle_s;          /* CRMD_REFRESH_IDLE_S, default 14 days */
+    int refresh_absolute_s;      /* CRMD_REFRESH_ABSOLUTE_S, default 30 days */
+    int password_max_in_flight;  /* CRMD_PASSWORD_MAX_IN_FLIGHT 1..4096, default 16 */
+    int auth_cache_ms;           /* CRMD_AUTH_CACHE_MS 0..60000, default 2000 */
+    int ratelimit_auth_per_min;  /* CRMD_RATELIMIT_AUTH_PER_MIN, default 30 */
+    int ratelimit_api_per_min;   /* CRMD_RATELIMIT_API_PER_MIN, default 6000 */
 } crm_config_t;
 
 /*

@@ -74,6 +74,7 @@ struct st_crm_http_req_t {
     uint64_t started_ns;  /* uv_hrtime at arrival */
     uint64_t deadline_ms; /* absolute loop time by which the handler must answer */
     int status;           /* status sent, 0 until answered */
+    void *handler_data;   /* the handler's own state across its callbacks (in request memory) */
     /* private */
     int _answered;
     void *_op;

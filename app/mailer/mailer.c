@@ -76,8 +76,9 @@ static void message_of(const crm_app_t *app, crm_mail_message_t *msg, const crm_
     msg->message_id_domain = app->mail.domain;
 }
 
-int crm_app_mail_enqueue_add(crm_app_t *app, crm_pg_unit_t *unit, const crm_app_mail_t *m)
+int crm_app_mail_payload(crm_app_t *app, const crm_app_mail_t *m, char **json_out)
 {
+    *json_out = NULL;
     if (m == NULL || m->to == NULL || m->to_count == 0 || m->to_count > CRM_APP_MAIL_MAX_TO || m->text == NULL)
         return CRM_E_INVAL;
     char message_id[CRM_MAIL_MESSAGE_ID_SIZE];
@@ -104,10 +105,17 @@ int crm_app_mail_enqueue_add(crm_app_t *app, crm_pg_unit_t *unit, const crm_app_
         return CRM_E_NOMEM;
     if (m->html != NULL)
         json_object_set_new(payload, "html", json_string(m->html));
-    char *json = json_dumps(payload, JSON_COMPACT);
+    *json_out = json_dumps(payload, JSON_COMPACT);
     json_decref(payload);
-    if (json == NULL)
-        return CRM_E_NOMEM;
+    return *json_out != NULL ? 0 : CRM_E_NOMEM;
+}
+
+int crm_app_mail_enqueue_add(crm_app_t *app, crm_pg_unit_t *unit, const crm_app_mail_t *m)
+{
+    char *json;
+    int err = crm_app_mail_payload(app, m, &json);
+    if (err != 0)
+        return err;
     crm_job_spec_t spec = {
         .kind = CRM_APP_MAIL_KIND,
         .payload_json = json,

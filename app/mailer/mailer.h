@@ -55,4 +55,9 @@ int crm_app_mail_register(crm_app_t *app);
  * crm_jobs_enqueue_add's error. */
 int crm_app_mail_enqueue_add(crm_app_t *app, crm_pg_unit_t *unit, const crm_app_mail_t *m);
 
+/* The job payload of mail m (validated by composing it, as crm_app_mail_enqueue_add does) as JSON text in *json
+ * (malloc'd; the caller frees it), for SQL functions that decide inside their transaction whether and which mail
+ * to enqueue (crm.auth_enqueue_mail). Returns 0 or the errors of crm_app_mail_enqueue_add. */
+int crm_app_mail_payload(crm_app_t *app, const crm_app_mail_t *m, char **json);
+
 #endif
