@@ -620,7 +620,10 @@ static void load_auth(crm_config_t *c, crm_env_t *e, int prod)
         crm_env_problem(e, "CRMD_TRUSTED_PROXIES", 0, "must be addresses or CIDRs separated by commas, no spaces");
     free(nets);
 
-    c->public_url = load_upstream_url(e, "CRMD_PUBLIC_URL", prod ? NULL : DEFAULT_PUBLIC_URL, prod);
+    if (prod && crm_env_str(e, "CRMD_PUBLIC_URL", NULL) == NULL)
+        crm_env_problem(e, "CRMD_PUBLIC_URL", 0, "is required in production (the base of links in mails)");
+    else
+        c->public_url = load_upstream_url(e, "CRMD_PUBLIC_URL", DEFAULT_PUBLIC_URL, prod);
 }
 
 int crm_config_load(crm_config_t *c, crm_env_t *e, const char *cwd)

@@ -520,8 +520,8 @@ static void on_invite_done(crm_pg_unit_t *u, int err, void *data)
     const char *outcome = PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "";
     if (strcmp(outcome, "ok") == 0) {
         respond_json(req, 201,
-                     json_pack("{s:s, s:s, s:s, s:s}", "id", PQgetvalue(r, 0, 1), "email", st->email, "role",
-                               PQgetvalue(r, 0, 2), "expires_at", PQgetvalue(r, 0, 3)));
+                     json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)strtoll(PQgetvalue(r, 0, 1), NULL, 10),
+                               "email", st->email, "role", PQgetvalue(r, 0, 2), "expires_at", PQgetvalue(r, 0, 3)));
     } else if (strcmp(outcome, "unknown_role") == 0) {
         crm_api_invalid(req, "role", "is not a known role");
     } else if (strcmp(outcome, "forbidden") == 0) {

@@ -3,6 +3,7 @@
 `check-config` in test and production, secrets kept out of every message, `serve` refusing a bad configuration,
 and `routes`. Needs no database: nothing here gets as far as connecting.
 """
+import base64
 import os
 import re
 import secrets
@@ -143,6 +144,8 @@ def test_check_config_production():
             "CRMD_BEHIND_PROXY": "1",
             "CRMD_SMTP_URL": "smtps://smtp.example.com",
             "CRMD_MAIL_FROM": "Example <no-reply@example.com>",
+            "CRMD_JWT_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            "CRMD_PUBLIC_URL": "https://crm.example.com",
         }
     )
     r = crmd("check-config", env=env)

@@ -119,6 +119,9 @@ static int group_teardown(void **state)
     return 0;
 }
 
+/* 32 random bytes, base64. */
+#define STRONG_JWT_KEY "q3J7fz0Xc1WmLr9T2vYbN8pKdE4sHgA6uJiO5wQyZxM="
+
 /* A production environment with nothing to complain about. */
 static void prod_baseline(fake_env_t *f)
 {
@@ -130,6 +133,8 @@ static void prod_baseline(fake_env_t *f)
     fake_set(f, "CRMD_TLS_KEY", key_path);
     fake_set(f, "CRMD_SMTP_URL", "smtps://smtp.example.com:465");
     fake_set(f, "CRMD_MAIL_FROM", "Example CRM <no-reply@example.com>");
+    fake_set(f, "CRMD_JWT_KEYS", "k2:" STRONG_JWT_KEY);
+    fake_set(f, "CRMD_PUBLIC_URL", "https://crm.example.com");
 }
 
 static int load(fake_env_t *f, crm_env_t *e, crm_config_t *c)
@@ -835,6 +840,8 @@ static void test_env_var(void **state)
      * the embedded database default applies, and the other variables are still checked. */
     fake_set(&f, "CRMD_ENV", "prod");
     fake_set(&f, "CRMD_DB_POOL_SIZE", "0");
+    fake_set(&f, "CRMD_JWT_KEYS", "k:" STRONG_JWT_KEY);
+    fake_set(&f, "CRMD_PUBLIC_URL", "https://crm.example.com");
     assert_int_equal(load(&f, &e, &c), CRM_E_CONFIG);
     assert_int_equal(c.env, CRM_ENV_DEVELOPMENT);
     assert_int_equal(e.nproblems, 2);
@@ -1161,8 +1168,12 @@ static void test_outbound_rules(void **state)
          "must be smtp://host[:port] or smtps://host[:port], without "
          "a path"},
         {"CRMD_SMTP_USERNAME", "crmd", "must be set together with CRMD_SMTP_PASSWORD"},
-        {"CRMD_MAIL_FROM", "not an address", "must be one mailbox, addr@domain or Name <addr@domain>"},
-        {"CRMD_MAIL_FROM", "a@example.com, b@example.com", "must be one mailbox, addr@domain or Name <addr@domain>"},
+        {"CRMD_MAIL_FROM", "not an address",
+         "must be one mailbox, addr@domain or Name <addr@domain>, with a domain of at least two labels"},
+        {"CRMD_MAIL_FROM", "crmd <crmd@localhost>",
+         "must be one mailbox, addr@domain or Name <addr@domain>, with a domain of at least two labels"},
+        {"CRMD_MAIL_FROM", "a@example.com, b@example.com",
+         "must be one mailbox, addr@domain or Name <addr@domain>, with a domain of at least two labels"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
         fake_env_t g = {0};
@@ -1210,8 +1221,10 @@ static void test_production_refusals_all_at_once(void **state)
     /* Nothing but CRMD_ENV: every required production setting is named. */
     fake_set(&f, "CRMD_ENV", "production");
     assert_int_equal(load(&f, &e, &c), CRM_E_CONFIG);
-    assert_int_equal(crm_env_count_errors(&e), 6);
-    assert_int_equal(e.nproblems, 6);
+    assert_int_equal(crm_env_count_errors(&e), 8);
+    assert_int_equal(e.nproblems, 8);
+    assert_int_equal(count_var(&e, "CRMD_JWT_KEYS", 0), 1);
+    assert_int_equal(count_var(&e, "CRMD_PUBLIC_URL", 0), 1);
     assert_int_equal(count_var(&e, "CRMD_SMTP_URL", 0), 1);
     assert_int_equal(count_var(&e, "CRMD_MAIL_FROM", 0), 1);
     assert_int_equal(count_var(&e, "CRMD_DATABASE_URL", 0), 1);
@@ -1226,6 +1239,8 @@ static void test_production_refusals_all_at_once(void **state)
     fake_set(&f, "CRMD_MIGRATE_DATABASE_URL", "postgresql://owner:" PW "@db.internal/crmd?sslmode=prefer");
     fake_set(&f, "CRMD_OPERATOR_TOKEN", "changeme-changeme-changeme-changeme");
     fake_set(&f, "CRMD_DB_POOL_SIZE", "0");
+    fake_set(&f, "CRMD_JWT_KEYS", "k:" STRONG_JWT_KEY);
+    fake_set(&f, "CRMD_PUBLIC_URL", "https://crm.example.com");
     assert_int_equal(load(&f, &e, &c), CRM_E_CONFIG);
     assert_int_equal(crm_env_count_errors(&e), 4);
     assert_int_equal(count_warnings(&e), 1);
@@ -1243,6 +1258,61 @@ static void test_production_refusals_all_at_once(void **state)
     assert_null(strstr(out, PW));
     assert_null(strstr(out, "changeme-changeme"));
     free(out);
+}
+
+/* Access-token keys, trusted proxies and the public URL. */
+static void test_auth_rules(void **state)
+{
+    fake_env_t f = {0};
+    crm_env_t e;
+    crm_config_t c;
+
+    /* Outside production: the published development key, no proxies, a local public URL. */
+    fake_set(&f, "CRMD_ENV", "test");
+    assert_int_equal(load(&f, &e, &c), 0);
+    assert_non_null(c.jwt_keys);
+    assert_int_equal(strncmp(c.jwt_keys, "dev:", 4), 0);
+    assert_null(c.trusted_proxies);
+    assert_string_equal(c.public_url, "http://127.0.0.1:8080");
+    assert_int_equal(c.access_token_ttl_s, 900);
+    assert_int_equal(c.refresh_absolute_s, 2592000);
+
+    fake_set(&f, "CRMD_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1,::1,fd00::/8");
+    assert_int_equal(load(&f, &e, &c), 0);
+    static const char *const bad_proxies[] = {"10.0.0.0/33", "10.0.0.0/", "proxy.local", "10.0.0.1, 10.0.0.2", ""};
+    for (size_t i = 0; i + 1 < sizeof(bad_proxies) / sizeof(bad_proxies[0]); ++i) {
+        fake_set(&f, "CRMD_TRUSTED_PROXIES", bad_proxies[i]);
+        assert_int_equal(load(&f, &e, &c), CRM_E_CONFIG);
+        assert_only_problem(&e, "CRMD_TRUSTED_PROXIES", 0, NULL);
+    }
+    fake_set(&f, "CRMD_TRUSTED_PROXIES", NULL);
+
+    /* Keys that do not parse are refused everywhere, and the message never quotes them. */
+    fake_set(&f, "CRMD_JWT_KEYS", "k1:c2hvcnQ=");
+    assert_int_equal(load(&f, &e, &c), CRM_E_CONFIG);
+    assert_only_problem(&e, "CRMD_JWT_KEYS", 0, NULL);
+    assert_null(strstr(e.problems[0].message, "c2hvcnQ"));
+
+    /* Production: the development key and placeholders are refused; random keys pass. */
+    fake_env_t p = {0};
+    prod_baseline(&p);
+    assert_int_equal(load(&p, &e, &c), 0);
+    fake_set(&p, "CRMD_JWT_KEYS", "new:" STRONG_JWT_KEY ",dev:Y3JtZCBkZXZlbG9wbWVudCBrZXksIG5vdCBhIHNlY3JldCE=");
+    assert_int_equal(load(&p, &e, &c), CRM_E_CONFIG);
+    assert_only_problem(&e, "CRMD_JWT_KEYS", 0, NULL);
+    fake_set(&p, "CRMD_JWT_KEYS", "k:YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=");
+    assert_int_equal(load(&p, &e, &c), CRM_E_CONFIG);
+    assert_only_problem(&e, "CRMD_JWT_KEYS", 0, NULL);
+    fake_set(&p, "CRMD_JWT_KEYS", NULL);
+    assert_int_equal(load(&p, &e, &c), CRM_E_CONFIG);
+    assert_only_problem(&e, "CRMD_JWT_KEYS", 0, NULL);
+    fake_set(&p, "CRMD_JWT_KEYS", "k2:" STRONG_JWT_KEY);
+    fake_set(&p, "CRMD_PUBLIC_URL", "http://crm.example.com");
+    assert_int_equal(load(&p, &e, &c), CRM_E_CONFIG);
+    assert_only_problem(&e, "CRMD_PUBLIC_URL", 0, "must be https:// in production");
+    fake_set(&p, "CRMD_PUBLIC_URL", NULL);
+    assert_int_equal(load(&p, &e, &c), CRM_E_CONFIG);
+    assert_only_problem(&e, "CRMD_PUBLIC_URL", 0, NULL);
 }
 
 static void test_warnings_do_not_fail(void **state)
@@ -1561,7 +1631,7 @@ static void test_vars_table_matches_reads(void **state)
         }
     }
 
-    assert_int_equal(crm_config_nvars, 44);
+    assert_int_equal(crm_config_nvars, 54);
     for (size_t i = 0; i < crm_config_nvars; i++) {
         assert_non_null(crm_config_vars[i].default_text);
         assert_true(strlen(crm_config_vars[i].help) > 10);
@@ -1637,6 +1707,7 @@ int main(void)
         cmocka_unit_test(test_sslmode_rules_libpq_environment),
         cmocka_unit_test(test_password_never_in_messages),
         cmocka_unit_test(test_vars_table_matches_reads),
+        cmocka_unit_test(test_auth_rules),
         cmocka_unit_test(test_warn_unknown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
