@@ -83,7 +83,7 @@ typedef struct st_crm_auth_t {
     crm_auth_cache_entry_t *cache; /* direct-mapped principal cache, CRM_AUTH_CACHE_SLOTS entries */
     struct {
         crm_pg_stmt_t principal, register_, verify_email, resend, login_lookup, login_finish, rehash, refresh, logout,
-            logout_all, forgot, token_peek, reset, invite, accept, update_member, users_list, user_get, audit_list;
+            logout_all, forgot, token_peek, reset, invite, accept, update_member, users_list, user_get, audit_list, me;
     } stmt;
     struct {
         uint64_t cache_hits, cache_misses, limited;
@@ -138,6 +138,9 @@ int crm_auth_refresh_child(const crm_auth_t *a, const char *parent, size_t len, 
  * (user, tenant, role). */
 void crm_auth_respond_tokens(crm_http_req_t *req, const char *user_id, const char *tenant_id, const char *role,
                              const char *refresh_token);
+
+/* Answers the 401 of a missing, invalid or no longer honoured access token (with WWW-Authenticate: Bearer). */
+void crm_auth_respond_unauthorized(crm_http_req_t *req);
 
 /* Answers the one 401 of failed credentials (byte-identical whatever the cause). */
 void crm_auth_respond_invalid_credentials(crm_http_req_t *req);

@@ -289,7 +289,7 @@ typedef struct st_require_t {
     char key[74];
 } require_t;
 
-static void respond_unauthorized(crm_http_req_t *req)
+void crm_auth_respond_unauthorized(crm_http_req_t *req)
 {
     crm_http_add_header(req, "www-authenticate", "Bearer realm=\"crmd\"");
     crm_http_respond_problem(req, 401, "unauthorized", "Unauthorized",
@@ -321,7 +321,7 @@ static void decide(crm_http_req_t *req, require_t *r, const crm_auth_cache_entry
      * a token issued in the same second as the change is still accepted, so a fresh login right after a reset
      * works (iat has one-second resolution). */
     if (!e->valid || (double)r->who.issued_at < floor(e->tokens_valid_after)) {
-        respond_unauthorized(req);
+        crm_auth_respond_unauthorized(req);
         return;
     }
     snprintf(r->who.role, sizeof(r->who.role), "%s", e->role);
@@ -388,7 +388,7 @@ void crm_auth_require(crm_http_req_t *req, const char *permission, crm_auth_cont
     size_t len;
     const char *h = crm_http_header(req, "authorization", &len);
     if (h == NULL || len <= 7 || strncasecmp(h, "bearer ", 7) != 0) {
-        respond_unauthorized(req);
+        crm_auth_respond_unauthorized(req);
         return;
     }
     json_t *claims = NULL;
@@ -401,7 +401,7 @@ void crm_auth_require(crm_http_req_t *req, const char *permission, crm_auth_cont
         crm_log(CRM_LOG_DEBUG, "auth.token_refused", CRM_LOG_STR("request_id", req->request_id),
                 CRM_LOG_STR("reason", err != 0 ? crm_err_name(err) : "claims"));
         json_decref(claims);
-        respond_unauthorized(req);
+        crm_auth_respond_unauthorized(req);
         return;
     }
     r->who.issued_at = (int64_t)json_integer_value(iat);

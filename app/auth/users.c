@@ -101,11 +101,6 @@ static const char sql_audit_list[] =
     " AND ($4::bigint IS NULL OR a.audit_id < $4::bigint)"
     " ORDER BY a.audit_id DESC LIMIT $5::integer";
 
-/* The principal's view with its timestamps formatted and its permissions as JSON: for /v1/me and for the tenant
- * name (and the inviter's name) an invitation mail needs. auth.h's statement set is shared with the other modules
- * and has no slot for it; the handle is the same for every pool that prepared the statements in the same order. */
-static crm_pg_stmt_t stmt_me;
-
 /* Per-request state across the database callbacks (in request memory; replaces crm_auth_require's own). */
 typedef struct st_users_req_t {
     const crm_principal_t *who;
@@ -259,11 +254,8 @@ static void on_me_done(crm_pg_unit_t *u, int err, void *data)
     users_req_t *st = req->handler_data;
     PGresult *r = crm_pg_unit_result(u, 0);
     if (PQntuples(r) != 1) {
-        /* The membership vanished between the check and this read: the token no longer stands for anyone. Same
-         * answer as crm_auth_require's. */
-        crm_http_add_header(req, "www-authenticate", "Bearer realm=\"crmd\"");
-        crm_http_respond_problem(req, 401, "unauthorized", "Unauthorized",
-                                 "A valid access token is required: Authorization: Bearer <access_token>.", NULL);
+        /* The membership vanished between the check and this read: the token no longer stands for anyone. */
+        crm_auth_respond_unauthorized(req);
         return;
     }
     json_t *permissions = json_loads(PQgetvalue(r, 0, ME_PERMISSIONS), JSON_REJECT_DUPLICATES, NULL);
@@ -285,7 +277,7 @@ static void on_me_authorized(crm_http_req_t *req, const crm_principal_t *who)
     crm_pg_unit_t *u = tenant_unit(req, who, CRM_PG_READ_ONLY);
     if (u == NULL)
         return;
-    int err = crm_pg_unit_add(u, stmt_me, 2, (const char *[]){who->user_id, who->tenant_id}, NULL);
+    int err = crm_pg_unit_add(u, crm_auth_of(req)->stmt.me, 2, (const char *[]){who->user_id, who->tenant_id}, NULL);
     if (err < 0) {
         unit_failed(req, u, err);
         return;
@@ -665,7 +657,7 @@ static void on_invite_authorized(crm_http_req_t *req, const crm_principal_t *who
     crm_pg_unit_t *u = tenant_unit(req, who, CRM_PG_READ_ONLY);
     if (u == NULL)
         return;
-    int err = crm_pg_unit_add(u, stmt_me, 2, (const char *[]){who->user_id, who->tenant_id}, NULL);
+    int err = crm_pg_unit_add(u, crm_auth_of(req)->stmt.me, 2, (const char *[]){who->user_id, who->tenant_id}, NULL);
     if (err < 0) {
         unit_failed(req, u, err);
         return;
@@ -792,7 +784,7 @@ int crm_auth_users_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
         crm_pg_stmt_t *out;
     } defs[] = {
         {"auth.principal", sql_principal, 2, &a->stmt.principal},
-        {"auth.me", sql_me, 2, &stmt_me},
+        {"auth.me", sql_me, 2, &a->stmt.me},
         {"auth.invite", sql_invite, 9, &a->stmt.invite},
         {"auth.update_member", sql_update_member, 7, &a->stmt.update_member},
         {"auth.users_list", sql_users_list, 3, &a->stmt.users_list},
