@@ -348,6 +348,8 @@ int crm_app_run(const crm_config_t *cfg)
     if (err == 0 && (err = crm_http_server_register_metrics(app.http, &app.metrics)) == 0)
         err = crm_pg_pool_register_metrics(app.pool, &app.metrics);
     if (err == 0)
+        err = crm_auth_register_metrics(app.auth, &app.metrics);
+    if (err == 0)
         err = crm_pg_pool_start(app.pool);
     if (err == 0 && cfg->jobs_enabled && (err = crm_jobs_start(app.jobs)) == 0)
         app.jobs_running = 1;

@@ -86,23 +86,6 @@ static void submit(crm_http_req_t *req, crm_pg_stmt_t stmt, int n, const char *c
 
 /* ---- passwords on the thread pool ---- */
 
-static void cancel_password_op(void *op)
-{
-    crm_password_op_detach(op);
-}
-
-static int password_started(crm_http_req_t *req, int err, crm_password_op_t *op)
-{
-    if (err != 0) {
-        if (err == CRM_E_QUEUE_FULL)
-            crm_http_add_header(req, "retry-after", "1");
-        crm_http_respond_error(req, err);
-        return 0;
-    }
-    crm_http_await(req, op, cancel_password_op);
-    return 1;
-}
-
 static void on_hashed(int err, const char *encoded, void *data)
 {
     crm_http_req_t *req = data;
@@ -125,7 +108,7 @@ static void hash_then(crm_http_req_t *req, account_t *acc, void (*next)(crm_http
     crm_password_op_t *op = NULL;
     acc->next = next;
     int err = crm_password_hash(crm_auth_of(req)->hasher, acc->password, strlen(acc->password), on_hashed, req, &op);
-    password_started(req, err, op);
+    crm_auth_password_started(req, err, op);
 }
 
 /* Answers 400 naming field when password fails the policy for email; returns 1 when it passes. */
@@ -499,7 +482,7 @@ static void on_invitation_peeked(crm_pg_unit_t *u, int err, void *data)
         crm_password_op_t *op = NULL;
         int e = crm_password_verify(crm_auth_of(req)->hasher, acc->existing_hash, acc->password, strlen(acc->password),
                                     on_existing_verified, req, &op);
-        password_started(req, e, op);
+        crm_auth_password_started(req, e, op);
         return;
     }
     if (password_acceptable(req, "password", acc->password, acc->email))

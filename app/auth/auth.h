@@ -86,7 +86,11 @@ typedef struct st_crm_auth_t {
             logout_all, forgot, token_peek, reset, invite, accept, update_member, users_list, user_get, audit_list, me;
     } stmt;
     struct {
-        uint64_t cache_hits, cache_misses, limited;
+        uint64_t cache_hits, cache_misses;
+        uint64_t limited[CRM_AUTH_LIMIT_COUNT];
+        uint64_t logins_ok, logins_invalid, logins_unverified;
+        uint64_t refresh_ok, refresh_grace, refresh_reuse, refresh_invalid;
+        uint64_t password_shed; /* requests answered 503 because the hasher was full */
     } stats;
 } crm_auth_t;
 
@@ -99,6 +103,10 @@ static inline crm_auth_t *crm_auth_of(crm_http_req_t *req)
 /* Creates app->auth from the configuration (keys, hasher, limiters, proxies) and prepares its statements. At
  * start-up, before the pool starts: computes the dummy hash synchronously. */
 int crm_auth_init(crm_app_t *app);
+
+/* Registers the auth collector: logins and refreshes by outcome, rate-limited requests by class, principal cache
+ * hits and misses, password operations in flight and shed. */
+int crm_auth_register_metrics(crm_auth_t *a, crm_metrics_t *m);
 
 /* Registers every auth, users and audit route. Works with app->auth NULL (for `crmd routes`). */
 int crm_auth_routes(crm_app_t *app);
@@ -144,6 +152,11 @@ void crm_auth_respond_unauthorized(crm_http_req_t *req);
 
 /* Answers the one 401 of failed credentials (byte-identical whatever the cause). */
 void crm_auth_respond_invalid_credentials(crm_http_req_t *req);
+
+/* After crm_password_hash/verify for req returned err with op: on success makes the request await op (detached if
+ * the request goes away) and returns 1; otherwise answers (503 with Retry-After when the hasher is full) and
+ * returns 0. */
+int crm_auth_password_started(crm_http_req_t *req, int err, crm_password_op_t *op);
 
 /* The request's User-Agent, cut to 512 bytes, in request memory (NULL when absent). */
 const char *crm_auth_user_agent(crm_http_req_t *req);

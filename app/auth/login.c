@@ -80,16 +80,20 @@ static void on_finished(crm_pg_unit_t *u, int err, void *data)
     login_t *l = req->handler_data;
     PGresult *r = crm_pg_unit_result(u, 0);
     const char *outcome = PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "invalid";
+    crm_auth_t *a = crm_auth_of(req);
     if (strcmp(outcome, "ok") == 0) {
+        a->stats.logins_ok++;
         if (l->needs_rehash)
             start_rehash(crm_api_app(req), l);
         crm_auth_respond_tokens(req, l->user_id, PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), l->refresh);
     } else if (strcmp(outcome, "unverified") == 0) {
+        a->stats.logins_unverified++;
         crm_http_respond_problem(req, 403, "email_not_verified", "Email address not verified",
                                  "Follow the link in the verification mail first; "
                                  "POST /v1/auth/resend-verification sends a new one.",
                                  NULL);
     } else {
+        a->stats.logins_invalid++;
         crm_auth_respond_invalid_credentials(req);
     }
 }
@@ -124,11 +128,6 @@ static void finish(crm_http_req_t *req, login_t *l)
     crm_http_pg_submit(req, u, on_finished);
 }
 
-static void cancel_password_op(void *op)
-{
-    crm_password_op_detach(op);
-}
-
 static void on_verified(int err, int match, int needs_rehash, void *data)
 {
     crm_http_req_t *req = data;
@@ -151,13 +150,7 @@ static void verify(crm_http_req_t *req, login_t *l)
     crm_password_op_t *op = NULL;
     size_t len = l->password_len > CRM_PASSWORD_MAX_BYTES ? CRM_PASSWORD_MAX_BYTES : l->password_len;
     int err = crm_password_verify(crm_auth_of(req)->hasher, l->hash, l->password, len, on_verified, req, &op);
-    if (err != 0) {
-        if (err == CRM_E_QUEUE_FULL)
-            crm_http_add_header(req, "retry-after", "1");
-        crm_http_respond_error(req, err);
-        return;
-    }
-    crm_http_await(req, op, cancel_password_op);
+    crm_auth_password_started(req, err, op);
 }
 
 static void on_looked_up(crm_pg_unit_t *u, int err, void *data)
@@ -243,14 +236,23 @@ static void on_refreshed(crm_pg_unit_t *u, int err, void *data)
         return;
     }
     refresh_t *rf = req->handler_data;
+    crm_auth_t *a = crm_auth_of(req);
     PGresult *r = crm_pg_unit_result(u, 0);
     const char *outcome = PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "invalid";
     if (strcmp(outcome, "ok") != 0) {
-        if (strcmp(outcome, "reuse") == 0)
+        if (strcmp(outcome, "reuse") == 0) {
+            a->stats.refresh_reuse++;
             crm_log(CRM_LOG_WARN, "auth.refresh_reuse", CRM_LOG_STR("request_id", req->request_id));
+        } else {
+            a->stats.refresh_invalid++;
+        }
         respond_invalid_token(req);
         return;
     }
+    if (strcmp(PQgetvalue(r, 0, 4), "t") == 0)
+        a->stats.refresh_grace++;
+    else
+        a->stats.refresh_ok++;
     crm_auth_respond_tokens(req, PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 3), rf->child);
 }
 

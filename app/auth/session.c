@@ -177,6 +177,49 @@ int crm_auth_routes(crm_app_t *app)
     return err;
 }
 
+static void collect(void *ctx, crm_prom_t *w)
+{
+    const crm_auth_t *a = ctx;
+    static const char *const limit_classes[CRM_AUTH_LIMIT_COUNT] = {"auth", "api"};
+    crm_prom_family(w, "crmd_auth_logins_total", "counter", "Completed logins by outcome.");
+    const struct {
+        const char *outcome;
+        uint64_t n;
+    } logins[] = {{"ok", a->stats.logins_ok},
+                  {"invalid", a->stats.logins_invalid},
+                  {"unverified", a->stats.logins_unverified}},
+      refreshes[] = {{"ok", a->stats.refresh_ok},
+                     {"grace", a->stats.refresh_grace},
+                     {"reuse", a->stats.refresh_reuse},
+                     {"invalid", a->stats.refresh_invalid}};
+    for (size_t i = 0; i < sizeof(logins) / sizeof(logins[0]); ++i)
+        crm_prom_sample_u64(w, "crmd_auth_logins_total", &(crm_label_t){"outcome", logins[i].outcome}, 1, logins[i].n);
+    crm_prom_family(w, "crmd_auth_refreshes_total", "counter",
+                    "Refresh-token presentations by outcome (reuse revokes the whole session).");
+    for (size_t i = 0; i < sizeof(refreshes) / sizeof(refreshes[0]); ++i)
+        crm_prom_sample_u64(w, "crmd_auth_refreshes_total", &(crm_label_t){"outcome", refreshes[i].outcome}, 1,
+                            refreshes[i].n);
+    crm_prom_family(w, "crmd_auth_rate_limited_total", "counter", "Requests answered 429, by limit class.");
+    for (int i = 0; i < CRM_AUTH_LIMIT_COUNT; ++i)
+        crm_prom_sample_u64(w, "crmd_auth_rate_limited_total", &(crm_label_t){"class", limit_classes[i]}, 1,
+                            a->stats.limited[i]);
+    crm_prom_family(w, "crmd_auth_principal_cache_total", "counter",
+                    "Access checks answered from the principal cache (hit) or the database (miss).");
+    crm_prom_sample_u64(w, "crmd_auth_principal_cache_total", &(crm_label_t){"result", "hit"}, 1, a->stats.cache_hits);
+    crm_prom_sample_u64(w, "crmd_auth_principal_cache_total", &(crm_label_t){"result", "miss"}, 1,
+                        a->stats.cache_misses);
+    crm_prom_family(w, "crmd_auth_password_in_flight", "gauge", "argon2id operations queued or running.");
+    crm_prom_sample_u64(w, "crmd_auth_password_in_flight", NULL, 0, crm_password_in_flight(a->hasher));
+    crm_prom_family(w, "crmd_auth_password_shed_total", "counter",
+                    "Requests answered 503 because CRMD_PASSWORD_MAX_IN_FLIGHT operations were already in flight.");
+    crm_prom_sample_u64(w, "crmd_auth_password_shed_total", NULL, 0, a->stats.password_shed);
+}
+
+int crm_auth_register_metrics(crm_auth_t *a, crm_metrics_t *m)
+{
+    return crm_metrics_register(m, collect, a);
+}
+
 /* ---- client address ---- */
 
 /* The address as 16 bytes (IPv4 mapped). */
@@ -273,7 +316,7 @@ int crm_auth_throttle(crm_http_req_t *req, crm_auth_limit_class_t cls)
     crm_http_add_header(req, "ratelimit", h.ratelimit);
     if (ok)
         return 1;
-    a->stats.limited++;
+    a->stats.limited[cls]++;
     crm_http_add_header(req, "retry-after", h.retry_after);
     crm_http_respond_problem(req, 429, "rate-limited", "Too many requests",
                              "This client has sent too many requests; retry after the time in Retry-After.", NULL);
@@ -517,6 +560,25 @@ void crm_auth_respond_invalid_credentials(crm_http_req_t *req)
 }
 
 /* ---- small request helpers ---- */
+
+static void cancel_password_op(void *op)
+{
+    crm_password_op_detach(op);
+}
+
+int crm_auth_password_started(crm_http_req_t *req, int err, crm_password_op_t *op)
+{
+    if (err != 0) {
+        if (err == CRM_E_QUEUE_FULL) {
+            crm_auth_of(req)->stats.password_shed++;
+            crm_http_add_header(req, "retry-after", "1");
+        }
+        crm_http_respond_error(req, err);
+        return 0;
+    }
+    crm_http_await(req, op, cancel_password_op);
+    return 1;
+}
 
 const char *crm_auth_user_agent(crm_http_req_t *req)
 {

@@ -316,7 +316,7 @@ static void on_users_done(crm_pg_unit_t *u, int err, void *data)
     json_t *next = n > st->limit ? crm_api_cursor_encode(json_pack("[s, s]", PQgetvalue(r, shown - 1, USER_CURSOR),
                                                                    PQgetvalue(r, shown - 1, USER_ID)))
                                  : json_null();
-    respond_json(req, 200, json_pack("{s:o, s:o}", "items", items, "next_cursor", next));
+    respond_json(req, 200, json_pack("{s:o, s:o}", "data", items, "next_cursor", next));
 }
 
 static void on_users_authorized(crm_http_req_t *req, const crm_principal_t *who)
@@ -712,7 +712,7 @@ static void on_audit_done(crm_pg_unit_t *u, int err, void *data)
         n > st->limit
             ? crm_api_cursor_encode(json_pack("[I]", (json_int_t)strtoll(PQgetvalue(r, shown - 1, AUDIT_ID), NULL, 10)))
             : json_null();
-    respond_json(req, 200, json_pack("{s:o, s:o}", "items", items, "next_cursor", next));
+    respond_json(req, 200, json_pack("{s:o, s:o}", "data", items, "next_cursor", next));
 }
 
 static void on_audit_authorized(crm_http_req_t *req, const crm_principal_t *who)
