@@ -111,6 +111,17 @@ static void hash_then(crm_http_req_t *req, account_t *acc, void (*next)(crm_http
     crm_auth_password_started(req, err, op);
 }
 
+/* Appends an error for field when a display name holds a control character (it goes into mail headers). */
+static void check_name(json_t *errors, const char *field, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; s != NULL && *p; ++p)
+        if (*p < 0x20 || *p == 0x7f) {
+            json_array_append_new(
+                errors, json_pack("{s:s, s:s}", "field", field, "message", "must not hold control characters"));
+            return;
+        }
+}
+
 /* Answers 400 naming field when password fails the policy for email; returns 1 when it passes. */
 static int password_acceptable(crm_http_req_t *req, const char *field, const char *password, const char *email)
 {
@@ -155,7 +166,8 @@ static void register_store(crm_http_req_t *req)
                                       "unchanged.",
                                       NULL, NULL);
     if (verify == NULL || exists == NULL) {
-        crm_api_invalid(req, "email", "cannot be used as a mail recipient");
+        /* Every input was validated before: a mail that does not compose is this server's fault (logged). */
+        crm_http_respond_error(req, CRM_E_STATE);
         return;
     }
     snprintf(ttl, sizeof(ttl), "%d", CRM_AUTH_VERIFY_TTL_S);
@@ -495,8 +507,16 @@ static void on_accept_invitation(crm_http_req_t *req)
         return;
     account_t *acc = account_new(req);
     const crm_api_field_t extra[] = {{"password", 1, 1, 1024, &acc->password}, {"name", 1, 1, 200, &acc->name}};
-    if (read_token_body(req, acc, extra, 2))
-        peek(req, acc, "invite", on_invitation_peeked);
+    if (!read_token_body(req, acc, extra, 2))
+        return;
+    json_t *errors = json_array();
+    check_name(errors, "name", acc->name);
+    if (json_array_size(errors) != 0) {
+        crm_api_invalid_many(req, errors);
+        return;
+    }
+    json_decref(errors);
+    peek(req, acc, "invite", on_invitation_peeked);
 }
 
 /* ---- statements and routes ---- */

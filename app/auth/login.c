@@ -349,6 +349,9 @@ static void on_logout_all_authorized(crm_http_req_t *req, const crm_principal_t 
 
 static void on_logout_all(crm_http_req_t *req)
 {
+    /* No body is needed; one that is sent must be an empty object, like every other body here without unknowns. */
+    if (req->h2o->entity.len != 0 && !crm_api_read_body(req, NULL, 0))
+        return;
     crm_auth_require(req, NULL, on_logout_all_authorized);
 }
 
