@@ -59,7 +59,7 @@ typedef struct st_crm_principal_t {
     char tenant_id[37];
     char role[33];
     const char *permissions; /* ",perm,perm," from the roles table */
-    int64_t issued_at;       /* the access token's iat */
+    int64_t issued_at_ms;    /* the access token's issue time: iat_ms, else iat * 1000 */
 } crm_principal_t;
 
 typedef void (*crm_auth_cont_fn)(crm_http_req_t *req, const crm_principal_t *who);

@@ -3,7 +3,6 @@
  * proxies, rate limiting, access-token checks with the principal cache, and token helpers.
  */
 #include <arpa/inet.h>
-#include <math.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -360,10 +359,10 @@ static crm_auth_cache_entry_t *cache_slot(crm_auth_t *a, const char *key)
 
 static void decide(crm_http_req_t *req, require_t *r, const crm_auth_cache_entry_t *e)
 {
-    /* A token from before the account's last "log out everywhere" or password reset is refused. Whole seconds:
-     * a token issued in the same second as the change is still accepted, so a fresh login right after a reset
-     * works (iat has one-second resolution). */
-    if (!e->valid || (double)r->who.issued_at < floor(e->tokens_valid_after)) {
+    /* A token from before the account's last "log out everywhere" or password reset is refused, to the
+     * millisecond: iat alone has one-second resolution, which would either spare a token minted in the same second
+     * before the change or refuse a fresh login in the same second after it. */
+    if (!e->valid || (double)r->who.issued_at_ms < e->tokens_valid_after * 1000.0) {
         crm_auth_respond_unauthorized(req);
         return;
     }
@@ -447,7 +446,12 @@ void crm_auth_require(crm_http_req_t *req, const char *permission, crm_auth_cont
         crm_auth_respond_unauthorized(req);
         return;
     }
-    r->who.issued_at = (int64_t)json_integer_value(iat);
+    /* iat_ms is crmd's own precise issue time; a token without it counts from the start of its iat second, the
+     * earliest it can have been issued, so that missing precision never spares a revoked token. */
+    json_t *iat_ms = json_object_get(claims, "iat_ms");
+    r->who.issued_at_ms = json_is_integer(iat_ms) && json_integer_value(iat_ms) / 1000 == json_integer_value(iat)
+                              ? (int64_t)json_integer_value(iat_ms)
+                              : (int64_t)json_integer_value(iat) * 1000;
     json_decref(claims);
     r->cont = cont;
     r->permission = permission;
@@ -531,7 +535,10 @@ void crm_auth_respond_tokens(crm_http_req_t *req, const char *user_id, const cha
                              const char *refresh_token)
 {
     crm_auth_t *a = crm_auth_of(req);
-    int64_t now = (int64_t)time(NULL), ttl = a->app->config->access_token_ttl_s;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec, now_ms = now * 1000 + ts.tv_nsec / 1000000,
+            ttl = a->app->config->access_token_ttl_s;
     uint8_t jti_raw[16];
     char jti[32], token[1024];
     size_t len;
@@ -541,8 +548,9 @@ void crm_auth_respond_tokens(crm_http_req_t *req, const char *user_id, const cha
     }
     crm_base64url_encode(jti_raw, sizeof(jti_raw), jti, sizeof(jti) - 1, &len);
     jti[len] = '\0';
-    json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s}", "sub", user_id, "tid", tenant_id, "role", role, "iat",
-                               (json_int_t)now, "exp", (json_int_t)(now + ttl), "jti", jti);
+    json_t *claims =
+        json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s}", "sub", user_id, "tid", tenant_id, "role", role, "iat",
+                  (json_int_t)now, "iat_ms", (json_int_t)now_ms, "exp", (json_int_t)(now + ttl), "jti", jti);
     int err = claims != NULL ? crm_jwt_sign(&a->keys, claims, token, sizeof(token), &len) : CRM_E_NOMEM;
     json_decref(claims);
     if (err != 0) {
