@@ -523,31 +523,17 @@ static void on_accept_invitation(crm_http_req_t *req)
 
 int crm_auth_account_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
 {
-    static const struct {
-        const char *name, *sql;
-        int nparams;
-        size_t offset;
-    } stmts[] = {
-        {"auth_register", "SELECT crm.auth_register($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11,
-         offsetof(crm_auth_t, stmt.register_)},
-        {"auth_verify_email", "SELECT crm.auth_verify_email($1, $2, $3, $4)", 4,
-         offsetof(crm_auth_t, stmt.verify_email)},
-        {"auth_resend", "SELECT crm.auth_resend_verification($1, $2, $3, $4)", 4, offsetof(crm_auth_t, stmt.resend)},
-        {"auth_forgot", "SELECT crm.auth_password_forgot($1, $2, $3, $4, $5, $6, $7)", 7,
-         offsetof(crm_auth_t, stmt.forgot)},
-        {"auth_token_peek", "SELECT * FROM crm.auth_email_token_peek($1, $2)", 2,
-         offsetof(crm_auth_t, stmt.token_peek)},
-        {"auth_reset", "SELECT crm.auth_password_reset($1, $2, $3, $4, $5, $6)", 6, offsetof(crm_auth_t, stmt.reset)},
-        {"auth_accept", "SELECT * FROM crm.auth_accept_invitation($1, $2, $3, $4, $5, $6)", 6,
-         offsetof(crm_auth_t, stmt.accept)},
+    const crm_auth_stmt_def_t defs[] = {
+        {"auth.register", "SELECT crm.auth_register($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11,
+         &a->stmt.register_},
+        {"auth.verify_email", "SELECT crm.auth_verify_email($1, $2, $3, $4)", 4, &a->stmt.verify_email},
+        {"auth.resend", "SELECT crm.auth_resend_verification($1, $2, $3, $4)", 4, &a->stmt.resend},
+        {"auth.forgot", "SELECT crm.auth_password_forgot($1, $2, $3, $4, $5, $6, $7)", 7, &a->stmt.forgot},
+        {"auth.token_peek", "SELECT * FROM crm.auth_email_token_peek($1, $2)", 2, &a->stmt.token_peek},
+        {"auth.reset", "SELECT crm.auth_password_reset($1, $2, $3, $4, $5, $6)", 6, &a->stmt.reset},
+        {"auth.accept", "SELECT * FROM crm.auth_accept_invitation($1, $2, $3, $4, $5, $6)", 6, &a->stmt.accept},
     };
-    for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); ++i) {
-        int err = crm_pg_pool_prepare(pool, stmts[i].name, stmts[i].sql, stmts[i].nparams,
-                                      (crm_pg_stmt_t *)((char *)a + stmts[i].offset));
-        if (err != 0)
-            return err;
-    }
-    return 0;
+    return crm_auth_prepare_all(pool, defs, sizeof(defs) / sizeof(defs[0]));
 }
 
 int crm_auth_account_routes(crm_app_t *app)

@@ -169,6 +169,16 @@ char *crm_auth_normalize_email(char *s);
  * CRM_E_NOMEM. */
 int crm_auth_parse_proxies(const char *spec, crm_auth_net_t **out, size_t *count);
 
+/* A statement a module registers with the pool. */
+typedef struct st_crm_auth_stmt_def_t {
+    const char *name, *sql;
+    int nparams;
+    crm_pg_stmt_t *out;
+} crm_auth_stmt_def_t;
+
+/* Registers defs[0..n) with the pool (crm_pg_pool_prepare); stops at the first error. */
+int crm_auth_prepare_all(crm_pg_pool_t *pool, const crm_auth_stmt_def_t *defs, size_t n);
+
 /* Statement preparation of each module (into a->stmt), called by crm_auth_init. */
 int crm_auth_login_prepare(crm_auth_t *a, crm_pg_pool_t *pool);
 int crm_auth_account_prepare(crm_auth_t *a, crm_pg_pool_t *pool);

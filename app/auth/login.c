@@ -359,23 +359,16 @@ static void on_logout_all(crm_http_req_t *req)
 
 int crm_auth_login_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
 {
-    int err = crm_pg_pool_prepare(pool, "auth_login_lookup", "SELECT * FROM crm.auth_login_lookup($1)", 1,
-                                  &a->stmt.login_lookup);
-    if (err == 0)
-        err = crm_pg_pool_prepare(pool, "auth_login_finish",
-                                  "SELECT * FROM crm.auth_login_finish($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9,
-                                  &a->stmt.login_finish);
-    if (err == 0)
-        err = crm_pg_pool_prepare(pool, "auth_rehash", "SELECT crm.auth_rehash($1, $2, $3)", 3, &a->stmt.rehash);
-    if (err == 0)
-        err = crm_pg_pool_prepare(pool, "auth_refresh", "SELECT * FROM crm.auth_refresh($1, $2, $3, $4, $5, $6, $7)", 7,
-                                  &a->stmt.refresh);
-    if (err == 0)
-        err = crm_pg_pool_prepare(pool, "auth_logout", "SELECT crm.auth_logout($1, $2, $3, $4)", 4, &a->stmt.logout);
-    if (err == 0)
-        err = crm_pg_pool_prepare(pool, "auth_logout_all", "SELECT crm.auth_logout_all($1, $2, $3, $4, $5)", 5,
-                                  &a->stmt.logout_all);
-    return err;
+    const crm_auth_stmt_def_t defs[] = {
+        {"auth.login_lookup", "SELECT * FROM crm.auth_login_lookup($1)", 1, &a->stmt.login_lookup},
+        {"auth.login_finish", "SELECT * FROM crm.auth_login_finish($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9,
+         &a->stmt.login_finish},
+        {"auth.rehash", "SELECT crm.auth_rehash($1, $2, $3)", 3, &a->stmt.rehash},
+        {"auth.refresh", "SELECT * FROM crm.auth_refresh($1, $2, $3, $4, $5, $6, $7)", 7, &a->stmt.refresh},
+        {"auth.logout", "SELECT crm.auth_logout($1, $2, $3, $4)", 4, &a->stmt.logout},
+        {"auth.logout_all", "SELECT crm.auth_logout_all($1, $2, $3, $4, $5)", 5, &a->stmt.logout_all},
+    };
+    return crm_auth_prepare_all(pool, defs, sizeof(defs) / sizeof(defs[0]));
 }
 
 int crm_auth_login_routes(crm_app_t *app)

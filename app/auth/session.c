@@ -166,6 +166,16 @@ void crm_auth_free(crm_app_t *app)
     app->auth = NULL;
 }
 
+int crm_auth_prepare_all(crm_pg_pool_t *pool, const crm_auth_stmt_def_t *defs, size_t n)
+{
+    for (size_t i = 0; i < n; ++i) {
+        int err = crm_pg_pool_prepare(pool, defs[i].name, defs[i].sql, defs[i].nparams, defs[i].out);
+        if (err != 0)
+            return err;
+    }
+    return 0;
+}
+
 int crm_auth_routes(crm_app_t *app)
 {
     int err = crm_auth_login_routes(app);

@@ -778,11 +778,7 @@ static void on_audit(crm_http_req_t *req)
 
 int crm_auth_users_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
 {
-    const struct {
-        const char *name, *sql;
-        int nparams;
-        crm_pg_stmt_t *out;
-    } defs[] = {
+    const crm_auth_stmt_def_t defs[] = {
         {"auth.principal", sql_principal, 2, &a->stmt.principal},
         {"auth.me", sql_me, 2, &a->stmt.me},
         {"auth.invite", sql_invite, 9, &a->stmt.invite},
@@ -791,12 +787,7 @@ int crm_auth_users_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
         {"auth.user_get", sql_user_get, 1, &a->stmt.user_get},
         {"auth.audit_list", sql_audit_list, 5, &a->stmt.audit_list},
     };
-    for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); ++i) {
-        int err = crm_pg_pool_prepare(pool, defs[i].name, defs[i].sql, defs[i].nparams, defs[i].out);
-        if (err != 0)
-            return err;
-    }
-    return 0;
+    return crm_auth_prepare_all(pool, defs, sizeof(defs) / sizeof(defs[0]));
 }
 
 int crm_auth_users_routes(crm_app_t *app)
