@@ -149,7 +149,13 @@ static void on_after_work(uv_work_t *w, int status)
     crm_password_op_t *op = w->data;
     crm_password_hasher_t *h = op->h;
     --h->in_flight;
-    if (!op->detached && !h->freeing) {
+    if (!op->detached && h->freeing) {
+        /* The hasher went away first: the caller still learns that its operation ended, so it can free its data. */
+        if (op->kind == OP_HASH)
+            op->hash_cb(CRM_E_SHUTDOWN, NULL, op->data);
+        else
+            op->verify_cb(CRM_E_SHUTDOWN, 0, 0, op->data);
+    } else if (!op->detached) {
         if (op->kind == OP_HASH) {
             int err = status != 0                                ? CRM_E_SHUTDOWN
                       : op->rc == ARGON2_OK                      ? 0

@@ -52,7 +52,8 @@ typedef struct st_crm_password_op_t crm_password_op_t;
 int crm_password_hasher_create(uv_loop_t *loop, const crm_password_params_t *params, size_t max_in_flight,
                                crm_password_hasher_t **out);
 
-/* Frees the hasher once the operations still on the thread pool have come back (their results are dropped).
+/* Frees the hasher once the operations still on the thread pool have come back: their callbacks (those not
+ * detached) then run with CRM_E_SHUTDOWN, from the loop, so that their callers can release what they hold.
  * Accepts NULL. */
 void crm_password_hasher_free(crm_password_hasher_t *h);
 

@@ -12,6 +12,16 @@
 -- have no tenant yet (registration, login, refresh, password reset); crmd_app has no INSERT, UPDATE or DELETE
 -- privilege on these tables at all. Reads of tenant-scoped rows by crmd_app go through row-level security.
 --
+-- Lock order, in every function that changes a user's sessions or tokens: the user's row first (FOR NO KEY
+-- UPDATE), then token rows. It serialises those changes per user, so two of them never deadlock, and it closes the
+-- race where a refresh running concurrently with "log out everywhere" or a password reset would commit a new token
+-- after the revocation had looked. Access tokens take their issue time from the same transaction
+-- (clock_timestamp() under the user's lock), so "tokens issued before the reset" is decided on one clock.
+--
+-- Requests about an address that may or may not have an account (registration, resend, password reset) do the same
+-- database work either way: each writes its per-address throttle row (crm.auth_mail_throttle, keyed by a digest of
+-- the address), so neither the answer nor the time of its commit tells whether the account exists.
+--
 -- Lockout lives here, not in a process, so that it holds across every crmd process sharing the database: after 5
 -- failed logins within 15 minutes an account is locked for 1 minute, doubling with every further lock up to 1 hour,
 -- and an account never takes more than 100 failed attempts in an hour (the rest are refused unchecked).
@@ -118,6 +128,20 @@ CREATE TABLE crm.email_tokens (
 CREATE INDEX email_tokens_by_user ON crm.email_tokens (user_id, purpose, created_at) WHERE user_id IS NOT NULL;
 CREATE INDEX email_tokens_by_tenant ON crm.email_tokens (tenant_id, created_at) WHERE tenant_id IS NOT NULL;
 
+-- Per-address limits on mail sent on request (verification resends, password resets, "someone tried to register"),
+-- for every address asked about, with or without an account. Not tenant-scoped; only the functions below use it.
+CREATE TABLE crm.auth_mail_throttle (
+    purpose text NOT NULL CHECK (purpose IN ('verify', 'reset', 'register_attempt')),
+    email_digest bytea NOT NULL CHECK (length(email_digest) = 32),
+    last_at timestamptz NOT NULL,
+    hour_start timestamptz NOT NULL,
+    hour_count integer NOT NULL,
+    PRIMARY KEY (purpose, email_digest)
+);
+ALTER TABLE crm.auth_mail_throttle ENABLE ROW LEVEL SECURITY;
+ALTER TABLE crm.auth_mail_throttle FORCE ROW LEVEL SECURITY;
+CREATE POLICY auth_mail_throttle_owner_all ON crm.auth_mail_throttle TO crmd_owner USING (true) WITH CHECK (true);
+
 -- Row-level security. FORCE applies it to the owner too; the owner's own policy lets the functions below serve
 -- every tenant. crmd_app sees the members of its current tenant and that tenant's sessions and invitations.
 ALTER TABLE crm.users ENABLE ROW LEVEL SECURITY;
@@ -157,30 +181,38 @@ GRANT SELECT (token_id, purpose, email, tenant_id, role, invited_by, created_at,
 CREATE POLICY tenants_owner_all ON crm.tenants TO crmd_owner USING (true) WITH CHECK (true);
 CREATE POLICY audit_log_owner_all ON crm.audit_log TO crmd_owner USING (true) WITH CHECK (true);
 
+-- Every SECURITY DEFINER function here is PL/pgSQL, even where one SQL statement would do: PostgreSQL neither
+-- inlines nor caches the plan of a SECURITY DEFINER or SET-carrying SQL function, and re-planning its body on every
+-- call cost /v1/me's check eight times the query itself. PL/pgSQL keeps its plans for the session.
+
 -- ---- internal helpers (not granted to crmd_app) ----
 
 -- Appends an audit row for p_tenant (none: nothing to attach it to, so nothing is written).
 CREATE FUNCTION crm.auth_audit(p_tenant uuid, p_actor uuid, p_action text, p_target_type text, p_target_id text,
                                p_ip inet, p_ua text, p_rid text, p_meta jsonb) RETURNS void
-    LANGUAGE sql VOLATILE SECURITY DEFINER
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
+BEGIN
     INSERT INTO crm.audit_log (tenant_id, actor_type, actor_id, action, target_type, target_id, ip, user_agent,
                                request_id, metadata)
     SELECT p_tenant, CASE WHEN p_actor IS NULL THEN 'system' ELSE 'user' END, p_actor::text, p_action, p_target_type,
            p_target_id, p_ip, left(p_ua, 512), left(p_rid, 128), coalesce(p_meta, '{}')
-    WHERE p_tenant IS NOT NULL
+    WHERE p_tenant IS NOT NULL;
+END
 $$;
 
 -- Audits an event of a user in every tenant the user belongs to (events before any tenant is chosen: e-mail
 -- verification, password reset).
 CREATE FUNCTION crm.auth_audit_user(p_user uuid, p_action text, p_ip inet, p_ua text, p_rid text, p_meta jsonb)
     RETURNS void
-    LANGUAGE sql VOLATILE SECURITY DEFINER
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
-    SELECT crm.auth_audit(m.tenant_id, p_user, p_action, 'user', p_user::text, p_ip, p_ua, p_rid, p_meta)
-    FROM crm.memberships m WHERE m.user_id = p_user
+BEGIN
+    PERFORM crm.auth_audit(m.tenant_id, p_user, p_action, 'user', p_user::text, p_ip, p_ua, p_rid, p_meta)
+    FROM crm.memberships m WHERE m.user_id = p_user;
+END
 $$;
 
 -- Enqueues a mail.send job (payload composed and validated by crmd) for p_tenant (none: a system job), in the
@@ -200,6 +232,48 @@ BEGIN
     PERFORM set_config('app.tenant_id', coalesce(v_previous, ''), true);
 END
 $$;
+
+-- Counts a mail request about p_email for p_purpose and says whether a mail may go: at least p_gap since the last
+-- one that went, at most p_per_hour in the current hour. Always writes the row (see the top of this file).
+CREATE FUNCTION crm.auth_mail_allowed(p_purpose text, p_email text, p_gap interval, p_per_hour integer)
+    RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, crm, pg_temp
+    AS $$
+DECLARE
+    v_allowed boolean;
+BEGIN
+    INSERT INTO crm.auth_mail_throttle AS t (purpose, email_digest, last_at, hour_start, hour_count)
+    VALUES (p_purpose, sha256(convert_to(p_email, 'UTF8')), '-infinity', now(), 0)
+    ON CONFLICT (purpose, email_digest) DO UPDATE SET hour_count = t.hour_count
+    RETURNING t.last_at <= now() - p_gap
+              AND (t.hour_start <= now() - interval '1 hour' OR t.hour_count < p_per_hour)
+    INTO v_allowed;
+    UPDATE crm.auth_mail_throttle t
+    SET last_at = CASE WHEN v_allowed THEN now() ELSE t.last_at END,
+        hour_start = CASE WHEN t.hour_start <= now() - interval '1 hour' THEN now() ELSE t.hour_start END,
+        hour_count = CASE WHEN t.hour_start <= now() - interval '1 hour' THEN 0 ELSE t.hour_count END
+                     + CASE WHEN v_allowed THEN 1 ELSE 0 END
+    WHERE t.purpose = p_purpose AND t.email_digest = sha256(convert_to(p_email, 'UTF8'));
+    RETURN v_allowed;
+END
+$$;
+
+-- Locks a user's row for a change of their sessions or tokens (the lock order at the top of this file).
+CREATE FUNCTION crm.auth_lock_user(p_user uuid) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, crm, pg_temp
+    AS $$
+BEGIN
+    PERFORM FROM crm.users u WHERE u.user_id = p_user FOR NO KEY UPDATE;
+    RETURN FOUND;
+END
+$$;
+
+-- The current time in milliseconds since the epoch, as access tokens carry it (iat_ms).
+CREATE FUNCTION crm.auth_now_ms() RETURNS bigint
+    LANGUAGE sql VOLATILE
+    AS $$ SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
 
 -- Revokes every live token of a family, or of a user (in one tenant, or in all of them).
 CREATE FUNCTION crm.auth_revoke(p_family uuid, p_user uuid, p_tenant uuid) RETURNS integer
@@ -236,11 +310,19 @@ DECLARE
     v_user uuid;
     v_tenant uuid := gen_random_uuid();
 BEGIN
+    -- Input the tables would refuse is refused before anything depends on whether the address exists (crmd
+    -- validates the same rules first; this keeps the function honest on its own).
+    IF length(btrim(p_name)) NOT BETWEEN 1 AND 200 OR length(btrim(p_tenant_name)) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'name and tenant name must be 1 to 200 characters' USING ERRCODE = 'check_violation';
+    END IF;
     INSERT INTO crm.users (email, name, password_hash) VALUES (p_email, btrim(p_name), p_hash)
     ON CONFLICT (email) DO NOTHING
     RETURNING user_id INTO v_user;
     IF v_user IS NULL THEN
-        PERFORM crm.auth_enqueue_mail(NULL, p_exists_mail, 'register-attempt:' || p_email);
+        -- At most one "someone tried" mail an hour per address: the mail must not become a way to flood an inbox.
+        IF crm.auth_mail_allowed('register_attempt', p_email, interval '1 hour', 1) THEN
+            PERFORM crm.auth_enqueue_mail(NULL, p_exists_mail, NULL);
+        END IF;
         RETURN false;
     END IF;
     INSERT INTO crm.tenants (tenant_id, name) VALUES (v_tenant, btrim(p_tenant_name));
@@ -248,6 +330,7 @@ BEGIN
     INSERT INTO crm.email_tokens (token_hash, purpose, user_id, expires_at)
     VALUES (p_token_hash, 'verify', v_user, now() + p_token_ttl_s * interval '1 second');
     PERFORM crm.auth_enqueue_mail(v_tenant, p_verify_mail, NULL);
+    PERFORM crm.auth_mail_allowed('verify', p_email, interval '60 seconds', 10); -- counts as the first one sent
     PERFORM crm.auth_audit(v_tenant, v_user, 'auth.register', 'user', v_user::text, p_ip, p_ua, p_rid,
                            jsonb_build_object('tenant_name', btrim(p_tenant_name)));
     RETURN true;
@@ -262,10 +345,13 @@ CREATE FUNCTION crm.auth_verify_email(p_token_hash bytea, p_ip inet, p_ua text, 
 DECLARE
     v_user uuid;
 BEGIN
+    SELECT t.user_id INTO v_user FROM crm.email_tokens t WHERE t.token_hash = p_token_hash AND t.purpose = 'verify';
+    IF v_user IS NULL OR NOT crm.auth_lock_user(v_user) THEN
+        RETURN false;
+    END IF;
     UPDATE crm.email_tokens t SET used_at = now()
-    WHERE t.token_hash = p_token_hash AND t.purpose = 'verify' AND t.used_at IS NULL AND t.expires_at > now()
-    RETURNING t.user_id INTO v_user;
-    IF v_user IS NULL THEN
+    WHERE t.token_hash = p_token_hash AND t.used_at IS NULL AND t.expires_at > now();
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     UPDATE crm.users u SET email_verified_at = coalesce(u.email_verified_at, now()), updated_at = now()
@@ -275,8 +361,8 @@ BEGIN
 END
 $$;
 
--- A fresh verification token and mail for an unverified active account, at most one per minute; earlier unused
--- verification tokens stop working. Silent in every other case.
+-- A fresh verification token and mail for an unverified active account, at most one a minute and ten an hour per
+-- address; earlier unused verification tokens stop working. Silent in every other case.
 CREATE FUNCTION crm.auth_resend_verification(p_email text, p_token_hash bytea, p_token_ttl_s integer,
                                              p_mail jsonb) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -285,12 +371,13 @@ CREATE FUNCTION crm.auth_resend_verification(p_email text, p_token_hash bytea, p
 DECLARE
     v_user uuid;
 BEGIN
+    IF NOT crm.auth_mail_allowed('verify', p_email, interval '60 seconds', 10) THEN
+        RETURN;
+    END IF;
     SELECT u.user_id INTO v_user FROM crm.users u
     WHERE u.email = p_email AND u.email_verified_at IS NULL AND u.status = 'active'
-    FOR UPDATE;
-    IF v_user IS NULL OR EXISTS (SELECT FROM crm.email_tokens t
-                                 WHERE t.user_id = v_user AND t.purpose = 'verify'
-                                   AND t.created_at > now() - interval '60 seconds') THEN
+    FOR NO KEY UPDATE;
+    IF v_user IS NULL THEN
         RETURN;
     END IF;
     UPDATE crm.email_tokens t SET used_at = now()
@@ -305,12 +392,15 @@ $$;
 -- can log in at all. No row: no such account.
 CREATE FUNCTION crm.auth_login_lookup(p_email text)
     RETURNS TABLE (user_id uuid, password_hash text, state text)
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
+BEGIN
+    RETURN QUERY
     SELECT u.user_id, u.password_hash,
            CASE WHEN u.locked_until > now() THEN 'locked' WHEN u.status <> 'active' THEN 'disabled' ELSE 'ok' END
-    FROM crm.users u WHERE u.email = p_email
+    FROM crm.users u WHERE u.email = p_email;
+END
 $$;
 
 -- Second half of a login, with the verdict on the password. Re-reads the account under a row lock, so that the
@@ -321,7 +411,7 @@ $$;
 --   unverified  the password was right but the address is not verified yet.
 CREATE FUNCTION crm.auth_login_finish(p_user uuid, p_password_ok boolean, p_tenant uuid, p_refresh_hash bytea,
                                       p_idle_s integer, p_absolute_s integer, p_ip inet, p_ua text, p_rid text)
-    RETURNS TABLE (outcome text, tenant_id uuid, role text)
+    RETURNS TABLE (outcome text, tenant_id uuid, role text, issued_ms bigint)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
@@ -333,7 +423,7 @@ DECLARE
     v_lock interval;
     v_reason text;
 BEGIN
-    SELECT * INTO v FROM crm.users u WHERE u.user_id = p_user FOR UPDATE;
+    SELECT * INTO v FROM crm.users u WHERE u.user_id = p_user FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         outcome := 'invalid';
         RETURN NEXT;
@@ -416,18 +506,21 @@ BEGIN
     outcome := 'ok';
     tenant_id := v_member.tenant_id;
     role := v_member.role;
+    issued_ms := crm.auth_now_ms();
     RETURN NEXT;
 END
 $$;
 
 -- Stores a fresh hash of the same password (parameters raised since it was made), unless it changed meanwhile.
 CREATE FUNCTION crm.auth_rehash(p_user uuid, p_old_hash text, p_new_hash text) RETURNS boolean
-    LANGUAGE sql VOLATILE SECURITY DEFINER
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
+BEGIN
     UPDATE crm.users u SET password_hash = p_new_hash, updated_at = now()
-    WHERE u.user_id = p_user AND u.password_hash = p_old_hash
-    RETURNING true
+    WHERE u.user_id = p_user AND u.password_hash = p_old_hash;
+    RETURN FOUND;
+END
 $$;
 
 -- Refresh-token rotation. The presented token (p_hash) is consumed and replaced by p_new_hash, in the same family.
@@ -437,7 +530,7 @@ $$;
 -- revoked. Outcomes: ok (grace tells which case), reuse, invalid.
 CREATE FUNCTION crm.auth_refresh(p_hash bytea, p_new_hash bytea, p_idle_s integer, p_grace_s integer, p_ip inet,
                                  p_ua text, p_rid text)
-    RETURNS TABLE (outcome text, user_id uuid, tenant_id uuid, role text, grace boolean)
+    RETURNS TABLE (outcome text, user_id uuid, tenant_id uuid, role text, grace boolean, issued_ms bigint)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
@@ -448,8 +541,11 @@ DECLARE
     v_member crm.memberships%ROWTYPE;
     v_new bigint;
 BEGIN
-    SELECT * INTO v FROM crm.refresh_tokens t WHERE t.token_hash = p_hash FOR UPDATE;
-    IF NOT FOUND OR v.revoked_at IS NOT NULL OR v.family_expires_at <= now() THEN
+    SELECT * INTO v FROM crm.refresh_tokens t WHERE t.token_hash = p_hash;
+    IF FOUND AND crm.auth_lock_user(v.user_id) THEN
+        SELECT * INTO v FROM crm.refresh_tokens t WHERE t.token_id = v.token_id FOR UPDATE;
+    END IF;
+    IF v.token_id IS NULL OR v.revoked_at IS NOT NULL OR v.family_expires_at <= now() THEN
         outcome := 'invalid';
         RETURN NEXT;
         RETURN;
@@ -499,6 +595,7 @@ BEGIN
     user_id := v.user_id;
     tenant_id := v.tenant_id;
     role := v_member.role;
+    issued_ms := crm.auth_now_ms();
     RETURN NEXT;
 END
 $$;
@@ -511,8 +608,12 @@ CREATE FUNCTION crm.auth_logout(p_hash bytea, p_ip inet, p_ua text, p_rid text) 
 DECLARE
     v crm.refresh_tokens%ROWTYPE;
 BEGIN
-    SELECT * INTO v FROM crm.refresh_tokens t WHERE t.token_hash = p_hash FOR UPDATE;
-    IF NOT FOUND OR v.revoked_at IS NOT NULL THEN
+    SELECT * INTO v FROM crm.refresh_tokens t WHERE t.token_hash = p_hash;
+    IF NOT FOUND OR NOT crm.auth_lock_user(v.user_id) THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO v FROM crm.refresh_tokens t WHERE t.token_id = v.token_id;
+    IF v.revoked_at IS NOT NULL THEN
         RETURN false;
     END IF;
     PERFORM crm.auth_revoke(v.family_id, NULL, NULL);
@@ -530,8 +631,9 @@ CREATE FUNCTION crm.auth_logout_all(p_user uuid, p_tenant uuid, p_ip inet, p_ua 
 DECLARE
     v_count integer;
 BEGIN
+    PERFORM crm.auth_lock_user(p_user);
+    UPDATE crm.users u SET tokens_valid_after = clock_timestamp(), updated_at = now() WHERE u.user_id = p_user;
     v_count := crm.auth_revoke(NULL, p_user, NULL);
-    UPDATE crm.users u SET tokens_valid_after = now(), updated_at = now() WHERE u.user_id = p_user;
     PERFORM crm.auth_audit(p_tenant, p_user, 'auth.logout_all', 'user', p_user::text, p_ip, p_ua, p_rid,
                            jsonb_build_object('sessions', v_count));
     RETURN v_count;
@@ -548,12 +650,12 @@ CREATE FUNCTION crm.auth_password_forgot(p_email text, p_token_hash bytea, p_tok
 DECLARE
     v_user uuid;
 BEGIN
-    SELECT u.user_id INTO v_user FROM crm.users u WHERE u.email = p_email AND u.status = 'active' FOR UPDATE;
-    IF v_user IS NULL
-       OR EXISTS (SELECT FROM crm.email_tokens t WHERE t.user_id = v_user AND t.purpose = 'reset'
-                  AND t.created_at > now() - interval '60 seconds')
-       OR (SELECT count(*) FROM crm.email_tokens t WHERE t.user_id = v_user AND t.purpose = 'reset'
-           AND t.created_at > now() - interval '1 hour') >= 5 THEN
+    IF NOT crm.auth_mail_allowed('reset', p_email, interval '60 seconds', 5) THEN
+        RETURN;
+    END IF;
+    SELECT u.user_id INTO v_user FROM crm.users u WHERE u.email = p_email AND u.status = 'active'
+    FOR NO KEY UPDATE;
+    IF v_user IS NULL THEN
         RETURN;
     END IF;
     UPDATE crm.email_tokens t SET used_at = now()
@@ -566,18 +668,21 @@ END
 $$;
 
 -- What a live e-mail token is for, before crmd checks or hashes a password against it: the address, the account
--- it belongs to (for an invitation, the existing account of the invited address, if any) with its hash, and the
--- invitation's tenant name. No row: unknown, used or expired.
+-- it belongs to (for an invitation, the existing account of the invited address, if any, with its hash, against
+-- which crmd checks the password given), and the invitation's tenant name. No row: unknown, used or expired.
 CREATE FUNCTION crm.auth_email_token_peek(p_token_hash bytea, p_purpose text)
     RETURNS TABLE (email text, user_id uuid, password_hash text, tenant_name text)
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
-    SELECT coalesce(u.email, t.email), u.user_id, u.password_hash, tn.name
+BEGIN
+    RETURN QUERY
+    SELECT coalesce(u.email, t.email), u.user_id, CASE WHEN t.purpose = 'invite' THEN u.password_hash END, tn.name
     FROM crm.email_tokens t
     LEFT JOIN crm.users u ON u.user_id = t.user_id OR (t.user_id IS NULL AND u.email = t.email)
     LEFT JOIN crm.tenants tn ON tn.tenant_id = t.tenant_id
-    WHERE t.token_hash = p_token_hash AND t.purpose = p_purpose AND t.used_at IS NULL AND t.expires_at > now()
+    WHERE t.token_hash = p_token_hash AND t.purpose = p_purpose AND t.used_at IS NULL AND t.expires_at > now();
+END
 $$;
 
 -- Completes a password reset: consumes the token, stores the new hash, clears the lockout, marks the address
@@ -590,16 +695,20 @@ CREATE FUNCTION crm.auth_password_reset(p_token_hash bytea, p_new_hash text, p_m
 DECLARE
     v_user uuid;
 BEGIN
+    SELECT t.user_id INTO v_user FROM crm.email_tokens t WHERE t.token_hash = p_token_hash AND t.purpose = 'reset';
+    IF v_user IS NULL OR NOT crm.auth_lock_user(v_user) THEN
+        RETURN false;
+    END IF;
     UPDATE crm.email_tokens t SET used_at = now()
-    WHERE t.token_hash = p_token_hash AND t.purpose = 'reset' AND t.used_at IS NULL AND t.expires_at > now()
-    RETURNING t.user_id INTO v_user;
-    IF v_user IS NULL THEN
+    WHERE t.token_hash = p_token_hash AND t.used_at IS NULL AND t.expires_at > now();
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     UPDATE crm.users u
     SET password_hash = p_new_hash, failed_count = 0, failed_window_start = NULL, hour_failures = 0,
         hour_window_start = NULL, lock_level = 0, locked_until = NULL,
-        email_verified_at = coalesce(u.email_verified_at, now()), tokens_valid_after = now(), updated_at = now()
+        email_verified_at = coalesce(u.email_verified_at, now()), tokens_valid_after = clock_timestamp(),
+        updated_at = now()
     WHERE u.user_id = v_user;
     PERFORM crm.auth_revoke(NULL, v_user, NULL);
     PERFORM crm.auth_enqueue_mail(NULL, p_mail, NULL);
@@ -615,9 +724,11 @@ CREATE FUNCTION crm.auth_principal(p_user uuid, p_tenant uuid)
     RETURNS TABLE (user_status text, member_status text, role text, permissions text[],
                    tokens_valid_after double precision, email text, name text, email_verified_at timestamptz,
                    created_at timestamptz, tenant_name text)
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
+BEGIN
+    RETURN QUERY
     SELECT u.status, m.status, m.role,
            ARRAY(SELECT rp.permission FROM crm.role_permissions rp WHERE rp.role = m.role ORDER BY 1),
            extract(epoch FROM u.tokens_valid_after)::double precision, u.email, u.name, u.email_verified_at,
@@ -625,7 +736,8 @@ CREATE FUNCTION crm.auth_principal(p_user uuid, p_tenant uuid)
     FROM crm.memberships m
     JOIN crm.users u ON u.user_id = m.user_id
     JOIN crm.tenants t ON t.tenant_id = m.tenant_id
-    WHERE m.user_id = p_user AND m.tenant_id = p_tenant
+    WHERE m.user_id = p_user AND m.tenant_id = p_tenant;
+END
 $$;
 
 -- An invitation to the current tenant by p_inviter. Outcomes: ok, unknown_role, forbidden (only owners grant
@@ -691,7 +803,14 @@ BEGIN
     SELECT * INTO v FROM crm.email_tokens t
     WHERE t.token_hash = p_token_hash AND t.purpose = 'invite' AND t.used_at IS NULL AND t.expires_at > now()
     FOR UPDATE;
-    IF NOT FOUND THEN
+    -- The inviter must still be able to grant it: an admin removed since, or an owner demoted, no longer lets
+    -- anyone in through an invitation they sent.
+    IF NOT FOUND OR NOT EXISTS (
+        SELECT FROM crm.memberships m
+        JOIN crm.role_permissions rp ON rp.role = m.role AND rp.permission = 'users.invite'
+        JOIN crm.users u ON u.user_id = m.user_id AND u.status = 'active'
+        WHERE m.tenant_id = v.tenant_id AND m.user_id = v.invited_by AND m.status = 'active'
+          AND (v.role <> 'owner' OR m.role = 'owner')) THEN
         outcome := 'invalid';
         RETURN NEXT;
         RETURN;
@@ -712,12 +831,13 @@ BEGIN
     UPDATE crm.email_tokens t SET used_at = now() WHERE t.token_id = v.token_id;
     INSERT INTO crm.memberships (tenant_id, user_id, role) VALUES (v.tenant_id, v_user, v.role)
     ON CONFLICT DO NOTHING;
+    -- An existing member keeps the role they have; the answer says which one that is.
+    SELECT m.role INTO role FROM crm.memberships m WHERE m.tenant_id = v.tenant_id AND m.user_id = v_user;
     PERFORM crm.auth_audit(v.tenant_id, v_user, 'user.invitation_accepted', 'user', v_user::text, p_ip, p_ua, p_rid,
-                           jsonb_build_object('invitation_id', v.token_id, 'role', v.role));
+                           jsonb_build_object('invitation_id', v.token_id, 'role', role));
     outcome := 'ok';
     user_id := v_user;
     tenant_id := v.tenant_id;
-    role := v.role;
     RETURN NEXT;
 END
 $$;
@@ -791,10 +911,29 @@ BEGIN
 END
 $$;
 
+-- Mail that carries a live token (verification, reset, invitation) is marked "secret" by crmd: once it has been
+-- handed to the relay its text has no business staying in crm.jobs until retention purges it. A dead job keeps
+-- its payload for an operator's replay (its token expires on its own).
+CREATE FUNCTION crm.jobs_redact_secret() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, crm, pg_temp
+    AS $$
+BEGIN
+    NEW.payload := jsonb_build_object('redacted', true, 'message_id', NEW.payload -> 'message_id');
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER jobs_redact_secret BEFORE UPDATE OF state ON crm.jobs
+    FOR EACH ROW WHEN (NEW.state = 'succeeded' AND NEW.payload ? 'secret')
+    EXECUTE FUNCTION crm.jobs_redact_secret();
+
 REVOKE ALL ON FUNCTION crm.auth_audit(uuid, uuid, text, text, text, inet, text, text, jsonb),
     crm.auth_audit_user(uuid, text, inet, text, text, jsonb),
     crm.auth_enqueue_mail(uuid, jsonb, text),
     crm.auth_revoke(uuid, uuid, uuid),
+    crm.auth_mail_allowed(text, text, interval, integer),
+    crm.auth_lock_user(uuid),
+    crm.auth_now_ms(),
     crm.auth_register(text, text, text, text, bytea, integer, jsonb, jsonb, inet, text, text),
     crm.auth_verify_email(bytea, inet, text, text),
     crm.auth_resend_verification(text, bytea, integer, jsonb),

@@ -55,7 +55,7 @@ static char *mail_payload(crm_http_req_t *req, const char *to, const char *name,
     else
         snprintf(text, sizeof(text), "%s\n", intro);
     crm_mail_mailbox_t box = {to, name};
-    crm_app_mail_t m = {.to = &box, .to_count = 1, .subject = subject, .text = text};
+    crm_app_mail_t m = {.to = &box, .to_count = 1, .subject = subject, .text = text, .secret = token != NULL};
     char *json = NULL;
     int err = crm_app_mail_payload(app, &m, &json);
     if (err != 0) {
@@ -111,15 +111,22 @@ static void hash_then(crm_http_req_t *req, account_t *acc, void (*next)(crm_http
     crm_auth_password_started(req, err, op);
 }
 
-/* Appends an error for field when a display name holds a control character (it goes into mail headers). */
+/* Appends an error for field when a display name is blank or holds a control character (names go into mail
+ * headers, and the database keeps them trimmed and non-empty: the same rules are checked before anything depends on
+ * whether an address has an account). */
 static void check_name(json_t *errors, const char *field, const char *s)
 {
-    for (const unsigned char *p = (const unsigned char *)s; s != NULL && *p; ++p)
+    int blank = 1;
+    for (const unsigned char *p = (const unsigned char *)s; s != NULL && *p; ++p) {
         if (*p < 0x20 || *p == 0x7f) {
             json_array_append_new(
                 errors, json_pack("{s:s, s:s}", "field", field, "message", "must not hold control characters"));
             return;
         }
+        blank &= *p == ' ';
+    }
+    if (s != NULL && blank)
+        json_array_append_new(errors, json_pack("{s:s, s:s}", "field", field, "message", "must not be blank"));
 }
 
 /* Answers 400 naming field when password fails the policy for email; returns 1 when it passes. */
@@ -207,6 +214,8 @@ static void on_register(crm_http_req_t *req)
     if (v != CRM_PASSWORD_OK)
         json_array_append_new(errors,
                               json_pack("{s:s, s:s}", "field", "password", "message", crm_password_verdict_message(v)));
+    check_name(errors, "name", acc->name);
+    check_name(errors, "tenant_name", acc->tenant_name);
     if (json_array_size(errors) != 0) {
         crm_api_invalid_many(req, errors);
         return;
@@ -470,11 +479,11 @@ static void on_existing_verified(int err, int match, int needs_rehash, void *dat
     crm_http_req_t *req = data;
     if (!crm_http_await_done(req))
         return;
-    if (err != 0 && err != CRM_E_PARSE) {
+    if (err != 0) {
         crm_http_respond_error(req, err);
         return;
     }
-    if (err != 0 || !match) {
+    if (!match) {
         crm_auth_respond_invalid_credentials(req);
         return;
     }
@@ -492,9 +501,14 @@ static void on_invitation_peeked(crm_pg_unit_t *u, int err, void *data)
     if (acc->existing_user != NULL) {
         /* The address already has an account: joining the tenant takes that account's password. */
         crm_password_op_t *op = NULL;
-        int e = crm_password_verify(crm_auth_of(req)->hasher, acc->existing_hash, acc->password, strlen(acc->password),
-                                    on_existing_verified, req, &op);
-        crm_auth_password_started(req, e, op);
+        size_t len = strlen(acc->password);
+        int e = len <= CRM_PASSWORD_MAX_BYTES ? crm_password_verify(crm_auth_of(req)->hasher, acc->existing_hash,
+                                                                    acc->password, len, on_existing_verified, req, &op)
+                                              : CRM_E_PARSE;
+        if (e == CRM_E_PARSE) /* a password no account can have, or a stored hash argon2 cannot read */
+            crm_auth_respond_invalid_credentials(req);
+        else
+            crm_auth_password_started(req, e, op);
         return;
     }
     if (password_acceptable(req, "password", acc->password, acc->email))

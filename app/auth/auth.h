@@ -143,9 +143,10 @@ int crm_auth_token_digest(const char *token, size_t len, char digest[CRM_AUTH_DI
 int crm_auth_refresh_child(const crm_auth_t *a, const char *parent, size_t len, char child[CRM_AUTH_TOKEN_LEN + 1]);
 
 /* Answers 200 {access_token, refresh_token, token_type, expires_in, tenant_id} with a new access token for
- * (user, tenant, role). */
+ * (user, tenant, role), issued at issued_ms (decimal milliseconds since the epoch, from the transaction that made
+ * the session: the database's clock under the user's lock, the clock revocations are compared on). */
 void crm_auth_respond_tokens(crm_http_req_t *req, const char *user_id, const char *tenant_id, const char *role,
-                             const char *refresh_token);
+                             const char *refresh_token, const char *issued_ms);
 
 /* Answers the 401 of a missing, invalid or no longer honoured access token (with WWW-Authenticate: Bearer). */
 void crm_auth_respond_unauthorized(crm_http_req_t *req);

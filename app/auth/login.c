@@ -85,7 +85,8 @@ static void on_finished(crm_pg_unit_t *u, int err, void *data)
         a->stats.logins_ok++;
         if (l->needs_rehash)
             start_rehash(crm_api_app(req), l);
-        crm_auth_respond_tokens(req, l->user_id, PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), l->refresh);
+        crm_auth_respond_tokens(req, l->user_id, PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), l->refresh,
+                                PQgetvalue(r, 0, 3));
     } else if (strcmp(outcome, "unverified") == 0) {
         a->stats.logins_unverified++;
         crm_http_respond_problem(req, 403, "email_not_verified", "Email address not verified",
@@ -134,12 +135,11 @@ static void on_verified(int err, int match, int needs_rehash, void *data)
     if (!crm_http_await_done(req))
         return;
     login_t *l = req->handler_data;
-    if (err != 0 && err != CRM_E_PARSE) {
+    if (err != 0) {
         crm_http_respond_error(req, err);
         return;
     }
-    /* A stored hash argon2 cannot read is a wrong password, not a server error the client could tell apart. */
-    l->password_ok = err == 0 && match && l->hash != NULL;
+    l->password_ok = match && l->hash != NULL;
     l->needs_rehash = l->password_ok && needs_rehash;
     finish(req, l);
 }
@@ -147,9 +147,18 @@ static void on_verified(int err, int match, int needs_rehash, void *data)
 /* Starts a verification for the request; on refusal (hasher full) answers 503 with Retry-After. */
 static void verify(crm_http_req_t *req, login_t *l)
 {
+    crm_password_hasher_t *h = crm_auth_of(req)->hasher;
     crm_password_op_t *op = NULL;
+    /* A password longer than any stored one can be is wrong; it is checked against the dummy, never cut to fit. */
+    if (l->password_len > CRM_PASSWORD_MAX_BYTES)
+        l->hash = NULL;
     size_t len = l->password_len > CRM_PASSWORD_MAX_BYTES ? CRM_PASSWORD_MAX_BYTES : l->password_len;
-    int err = crm_password_verify(crm_auth_of(req)->hasher, l->hash, l->password, len, on_verified, req, &op);
+    int err = crm_password_verify(h, l->hash, l->password, len, on_verified, req, &op);
+    if (err == CRM_E_PARSE) {
+        /* A stored hash argon2 cannot read is a wrong password too, answered in the time of a real check. */
+        l->hash = NULL;
+        err = crm_password_verify(h, NULL, l->password, len, on_verified, req, &op);
+    }
     crm_auth_password_started(req, err, op);
 }
 
@@ -205,6 +214,11 @@ static void on_login(crm_http_req_t *req)
         return;
     }
     crm_auth_t *a = crm_auth_of(req);
+    /* A login the hasher could not take is refused before it costs a database round trip. */
+    if (crm_password_in_flight(a->hasher) >= (size_t)a->app->config->password_max_in_flight) {
+        crm_auth_password_started(req, CRM_E_QUEUE_FULL, NULL);
+        return;
+    }
     crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_READ_ONLY);
     if (u == NULL || crm_pg_unit_add(u, a->stmt.login_lookup, 1, (const char *[]){l->email}, NULL) < 0) {
         crm_pg_unit_free(u);
@@ -253,7 +267,8 @@ static void on_refreshed(crm_pg_unit_t *u, int err, void *data)
         a->stats.refresh_grace++;
     else
         a->stats.refresh_ok++;
-    crm_auth_respond_tokens(req, PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 3), rf->child);
+    crm_auth_respond_tokens(req, PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 3), rf->child,
+                            PQgetvalue(r, 0, 5));
 }
 
 /* Reads {refresh_token} and returns its digest parameter in request memory, or NULL when answered. */

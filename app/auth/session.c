@@ -261,6 +261,39 @@ static int is_trusted(const crm_auth_t *a, const uint8_t addr[16])
     return 0;
 }
 
+/* xff_walk's answer when every hop of its line is a trusted proxy and earlier lines remain. */
+static const char xff_continue[1];
+#define XFF_CONTINUE xff_continue
+
+/* Walks one X-Forwarded-For line from its right end. Returns buf holding the first hop that is not a trusted
+ * proxy (or the leftmost hop of the first line when all are trusted), NULL when a hop is malformed (believe
+ * nothing beyond the peer), or XFF_CONTINUE to go on with the line before. */
+static const char *xff_walk(const crm_auth_t *a, const char *xff, size_t len, int first_line, char *buf, size_t cap)
+{
+    uint8_t bytes[16];
+    size_t end = len;
+    for (;;) {
+        size_t start = end;
+        while (start > 0 && xff[start - 1] != ',')
+            --start;
+        size_t s = start, e = end;
+        while (s < e && (xff[s] == ' ' || xff[s] == '\t'))
+            ++s;
+        while (e > s && (xff[e - 1] == ' ' || xff[e - 1] == '\t'))
+            --e;
+        if (!addr_bytes(xff + s, e - s, bytes) || e - s >= cap)
+            return NULL;
+        if (!is_trusted(a, bytes) || (start == 0 && first_line)) {
+            memcpy(buf, xff + s, e - s);
+            buf[e - s] = '\0';
+            return buf;
+        }
+        if (start == 0)
+            return XFF_CONTINUE;
+        end = start - 1;
+    }
+}
+
 const char *crm_auth_client_ip(const crm_http_req_t *req, char *buf, size_t cap)
 {
     const crm_auth_t *a = ((crm_app_t *)req->route->data)->auth;
@@ -270,31 +303,23 @@ const char *crm_auth_client_ip(const crm_http_req_t *req, char *buf, size_t cap)
         !is_trusted(a, bytes))
         return peer;
     /* Walk X-Forwarded-For from the right: each hop a trusted proxy appended; the first untrusted one is the
-     * client. Everything to its left was written by the client and proves nothing. */
-    size_t len;
-    const char *xff = crm_http_header(req, "x-forwarded-for", &len);
-    if (xff == NULL)
-        return peer;
-    size_t end = len;
-    while (end > 0) {
-        size_t start = end;
-        while (start > 0 && xff[start - 1] != ',')
-            --start;
-        size_t s = start, e = end;
-        while (s < e && (xff[s] == ' ' || xff[s] == '\t'))
-            ++s;
-        while (e > s && (xff[e - 1] == ' ' || xff[e - 1] == '\t'))
-            --e;
-        if (!addr_bytes(xff + s, e - s, bytes))
-            return peer; /* a malformed hop: believe nothing beyond the proxy */
-        if (!is_trusted(a, bytes) || start == 0) {
-            if (e - s >= cap)
-                return peer;
-            memcpy(buf, xff + s, e - s);
-            buf[e - s] = '\0';
-            return buf;
-        }
-        end = start - 1;
+     * client. Everything to its left was written by the client and proves nothing. Several header lines are one
+     * list in order (RFC 9110 §5.3): some proxies append a line of their own rather than extend the last one. */
+    enum { MAX_LINES = 16 };
+    ssize_t lines[MAX_LINES];
+    size_t nlines = 0;
+    const h2o_headers_t *headers = &req->h2o->headers;
+    for (ssize_t i = h2o_find_header(headers, H2O_TOKEN_X_FORWARDED_FOR, -1); i != -1;
+         i = h2o_find_header(headers, H2O_TOKEN_X_FORWARDED_FOR, i)) {
+        if (nlines == MAX_LINES)
+            return peer; /* more lines than any real chain of proxies: believe nothing beyond the peer */
+        lines[nlines++] = i;
+    }
+    for (size_t k = nlines; k > 0; --k) {
+        const h2o_iovec_t *v = &headers->entries[lines[k - 1]].value;
+        const char *chosen = xff_walk(a, v->base, v->len, k == 1, buf, cap);
+        if (chosen != XFF_CONTINUE)
+            return chosen != NULL ? chosen : peer;
     }
     return peer;
 }
@@ -542,13 +567,10 @@ int crm_auth_refresh_child(const crm_auth_t *a, const char *parent, size_t len, 
 }
 
 void crm_auth_respond_tokens(crm_http_req_t *req, const char *user_id, const char *tenant_id, const char *role,
-                             const char *refresh_token)
+                             const char *refresh_token, const char *issued_ms)
 {
     crm_auth_t *a = crm_auth_of(req);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t now = (int64_t)ts.tv_sec, now_ms = now * 1000 + ts.tv_nsec / 1000000,
-            ttl = a->app->config->access_token_ttl_s;
+    int64_t now_ms = strtoll(issued_ms, NULL, 10), now = now_ms / 1000, ttl = a->app->config->access_token_ttl_s;
     uint8_t jti_raw[16];
     char jti[32], token[1024];
     size_t len;
@@ -604,11 +626,17 @@ const char *crm_auth_user_agent(crm_http_req_t *req)
     const char *ua = crm_http_header(req, "user-agent", &len);
     if (ua == NULL)
         return NULL;
-    if (len > 512)
+    if (len > 512) {
+        /* Cut on a character boundary: the column is text and must stay valid UTF-8. */
         len = 512;
-    /* Cut on a character boundary: the column is text and must stay valid UTF-8. */
-    while (len > 0 && len < 512 && ((uint8_t)ua[len] & 0xC0) == 0x80)
-        --len;
+        while (len > 0 && ((uint8_t)ua[len] & 0xC0) == 0x80)
+            --len;
+    }
+    /* Anything else that is not UTF-8 (PostgreSQL would refuse the whole statement) is not recorded at all. */
+    json_t *valid = json_stringn(ua, len);
+    if (valid == NULL)
+        return NULL;
+    json_decref(valid);
     char *copy = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
     memcpy(copy, ua, len);
     copy[len] = '\0';

@@ -567,7 +567,7 @@ static int invitation_payload(crm_app_t *app, const users_req_t *st, const char 
         goto out;
     }
     crm_mail_mailbox_t to = {.addr = st->email, .name = NULL};
-    crm_app_mail_t m = {.to = &to, .to_count = 1, .subject = subject, .text = text};
+    crm_app_mail_t m = {.to = &to, .to_count = 1, .subject = subject, .text = text, .secret = 1};
     err = crm_app_mail_payload(app, &m, payload);
 
 out:

@@ -105,6 +105,8 @@ int crm_app_mail_payload(crm_app_t *app, const crm_app_mail_t *m, char **json_ou
         return CRM_E_NOMEM;
     if (m->html != NULL)
         json_object_set_new(payload, "html", json_string(m->html));
+    if (m->secret) /* sql/0005_auth.sql's trigger redacts such payloads when the job succeeds */
+        json_object_set_new(payload, "secret", json_true());
     *json_out = json_dumps(payload, JSON_COMPACT);
     json_decref(payload);
     return *json_out != NULL ? 0 : CRM_E_NOMEM;

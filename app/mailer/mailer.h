@@ -35,6 +35,7 @@ typedef struct st_crm_app_mail_t {
     const char *text;       /* UTF-8, required */
     const char *html;       /* UTF-8, optional */
     const char *unique_key; /* optional de-duplication key (lib/jobs.h) */
+    int secret; /* the text carries a live token: the payload is redacted once the relay has taken the mail */
 } crm_app_mail_t;
 
 /* Reads recipients from a JSON array of {"email": …, "name": …} objects (the payload's and the diagnostics' form)

@@ -170,11 +170,18 @@ static void test_bounds_and_detach(void **state)
         uv_run(&loop, UV_RUN_ONCE);
     assert_int_equal(a.done, 0); /* detached: never called */
     assert_int_equal(c.done, 0);
-    /* Freeing with work in flight defers the free until it is back. */
+    /* Freeing with work in flight defers the free until it is back; its callbacks still run, once, with
+     * CRM_E_SHUTDOWN, so that their callers can release what they hold. */
+    res_t v = {0};
     assert_int_equal(crm_password_hash(h, "ddddddddddddddd", 15, on_hash, &c, NULL), 0);
+    assert_int_equal(crm_password_verify(h, NULL, "ddddddddddddddd", 15, on_verify, &v, NULL), 0);
     crm_password_hasher_free(h);
     close_loop(&loop);
-    assert_int_equal(c.done, 0);
+    assert_int_equal(c.done, 1);
+    assert_int_equal(c.err, CRM_E_SHUTDOWN);
+    assert_int_equal(v.done, 1);
+    assert_int_equal(v.err, CRM_E_SHUTDOWN);
+    assert_int_equal(v.match, 0);
 }
 
 static void test_default_parameters(void **state)
