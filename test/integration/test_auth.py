@@ -29,6 +29,7 @@ import select
 import socket
 import statistics
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -1530,6 +1531,151 @@ def test_main_exits_cleanly():
     check(code == 0, "crmd exited with %s" % code)
 
 
+# ---- the hard edges: races, oracles, secrets at rest, proxies ----
+
+
+def test_refresh_racing_logout_all():
+    """Refreshes in flight while the user logs out everywhere: when it is over, no refresh token of the user is
+    live and no access token any of those refreshes returned still works (lock order in sql/0005_auth.sql)."""
+    c = main_crmd()
+    u = make_user(c, "race")
+    pairs = [check_pair(login(c, u.email, u.password), "login %d" % i) for i in range(6)]
+    minted, stop = [], threading.Event()
+
+    def spin(token):
+        while not stop.is_set():
+            r = refresh(c, token)
+            if r.status != 200:
+                return
+            doc = r.json()
+            SECRETS.add(doc["refresh_token"])
+            minted.append(doc["access_token"])
+            token = doc["refresh_token"]
+
+    threads = [threading.Thread(target=spin, args=(p["refresh_token"],)) for p in pairs]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    r = post(c, "/v1/auth/logout-all", {}, token=u.access)
+    check(r.status == 204, "logout-all: %d %r" % (r.status, body_of(r)))
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    log("%d refreshes ran around the logout-all" % len(minted))
+    check(len(minted) > 0, "no refresh ran concurrently with logout-all")
+    live = int(sql("SELECT count(*) FROM crm.refresh_tokens WHERE user_id = '%s' AND revoked_at IS NULL" % u.id))
+    check(live == 0, "%d refresh tokens of the user are still live after logout-all" % live)
+    time.sleep(2.2)  # another process's principal cache (CRMD_AUTH_CACHE_MS) may not know yet
+    alive = [t for t in minted if get(c, "/v1/me", t).status != 401]
+    check(alive == [], "%d access tokens from refreshes around logout-all still work" % len(alive))
+    fresh = check_pair(login(c, u.email, u.password), "login after the race")
+    check_json(get(c, "/v1/me", fresh["access_token"]), 200, "me after the race")
+
+
+def test_registration_reveals_nothing():
+    """Every kind of input the server refuses gets the same answer for a new and an existing address, and an
+    existing one gets at most one "someone tried" mail an hour."""
+    c = main_crmd()
+    existing = make_user(c, "exists")
+    fresh = new_email("fresh")
+    for what, extra in (("blank tenant name", {"tenant_name": "   "}), ("blank name", {"name": "  "}),
+                        ("control character in the name", {"name": "Ann\nBcc: x@example.com"})):
+        answers = []
+        for addr in (existing.email, fresh):
+            body = {"email": addr, "password": PASSWORD, "name": "Ann", "tenant_name": "T"}
+            body.update(extra)
+            r = post(c, "/v1/auth/register", body, headers={"x-request-id": "same-id"})
+            answers.append((r.status, r.body))
+        check(answers[0] == answers[1], "%s: existing %r vs new %r" % (what, answers[0], answers[1]))
+        check(answers[0][0] == 400, "%s: status %d" % (what, answers[0][0]))
+    # Addresses near the 254-byte limit: new or existing, the same 201 (no key or column is too short for them).
+    long_addr = "o%s@%s.%s.%s.example.com" % (secrets.token_hex(20), "d" * 60, "e" * 60, "f" * 50)
+    for attempt in ("new", "existing"):
+        check_json(register(c, long_addr, tenant_name="Long"), 201,
+                   "register a %d-byte address (%s)" % (len(long_addr), attempt))
+    # Registering an existing address twice more sends no second "someone tried" mail within the hour.
+    for _ in range(2):
+        check_json(register(c, existing.email), 201, "register the existing address again")
+    wait_for("the someone-tried mail", lambda: mails_to(existing.email, SUBJECT_TRIED), timeout=20)
+    wait_for("mail jobs to settle", mail_jobs_settled, timeout=20)
+    check(len(mails_to(existing.email, SUBJECT_TRIED)) == 1,
+          "%d someone-tried mails" % len(mails_to(existing.email, SUBJECT_TRIED)))
+
+
+def test_token_mail_redacted_once_sent():
+    """A mail carrying a live token does not keep its text in crm.jobs once the relay has taken it."""
+    c = main_crmd()
+    u = make_user(c, "redact")
+    wait_for("mail jobs to settle", mail_jobs_settled, timeout=20)
+    redacted = int(sql("SELECT count(*) FROM crm.jobs WHERE kind = 'mail.send' AND state = 'succeeded' "
+                       "AND payload ? 'redacted'"))
+    check(redacted >= 1, "no sent mail was redacted")
+    leftover = sql("SELECT count(*) FROM crm.jobs WHERE state = 'succeeded' AND payload::text LIKE '%token=%'")
+    check(leftover == "0", "%s sent mails still hold their token in crm.jobs" % leftover)
+    # The mail itself did carry one (the redaction happened after sending, not instead of it).
+    check(TOKEN_RE.search(mails_to(u.email, SUBJECT_VERIFY)[0]["text"]), "the verification mail had no token")
+
+
+def raw_login(c, extra_header_lines, body):
+    """POST /v1/auth/login with header lines as given (repeated names allowed); returns the status."""
+    data = json.dumps(body).encode()
+    head = ("POST /v1/auth/login HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            "connection: close\r\n" % (c.host, len(data))).encode()
+    with socket.create_connection((c.host, c.port), timeout=30) as s:
+        s.sendall(head + b"".join(h + b"\r\n" for h in extra_header_lines) + b"\r\n" + data)
+        reply = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_proxy_lines_and_odd_user_agents():
+    """Several X-Forwarded-For lines are one list (a client-forged first line proves nothing); a User-Agent over
+    512 bytes or not UTF-8 is cut or dropped, never a failed login."""
+    c = extra_crmd(dict(MAIN_ENV, CRMD_TRUSTED_PROXIES="127.0.0.1/32"))
+    try:
+        u = make_user(main_crmd(), "lines")
+        status = raw_login(c, [b"x-forwarded-for: 192.0.2.66", b"x-forwarded-for: 203.0.113.44"],
+                           {"email": u.email, "password": u.password})
+        check(status == 200, "login behind the proxy: %d" % status)
+        check(audit_count(u.tenant, "auth.login", "AND ip = '203.0.113.44'") == 1,
+              "the login was not audited with the proxy-appended address")
+        check(audit_count(u.tenant, "auth.login", "AND ip = '192.0.2.66'") == 0, "the forged address was believed")
+        for ua in ("é".encode() * 300, b"bad \xff\xfe utf-8", b"x" * 4000):
+            status = raw_login(c, [b"user-agent: " + ua], {"email": u.email, "password": u.password})
+            check(status == 200, "login with a %d-byte user agent: %d" % (len(ua), status))
+        longest = int(sql("SELECT max(octet_length(user_agent)) FROM crm.audit_log WHERE tenant_id = '%s'" % u.tenant))
+        check(longest <= 512, "a %d-byte user agent was stored" % longest)
+    finally:
+        stop_extra(c)
+
+
+def test_invitation_needs_an_entitled_inviter():
+    """An invitation sent by an admin who has since been demoted no longer lets anyone in."""
+    c = main_crmd()
+    owner = make_user(c, "inv-owner")
+    admin_addr = new_email("inv-admin")
+    r = post(c, "/v1/users/invitations", {"email": admin_addr, "role": "admin"}, token=owner.access)
+    check_json(r, 201, "invite an admin")
+    [m] = wait_mail(admin_addr, "You are invited to Tenant inv-owner")
+    r = post(c, "/v1/auth/accept-invitation", {"token": link_token(m, "/accept-invitation"),
+                                               "password": PASSWORD2, "name": "Ada Admin"})
+    admin_id = check_json(r, 200, "accept as admin")["user_id"]
+    admin = User(admin_addr, PASSWORD2).take(check_pair(login(c, admin_addr, PASSWORD2), "admin login"))
+    guest = new_email("inv-guest")
+    check_json(post(c, "/v1/users/invitations", {"email": guest}, token=admin.access), 201, "admin invites")
+    [gm] = wait_mail(guest, "You are invited to Tenant inv-owner")
+    check_json(patch(c, "/v1/users/" + admin_id, {"role": "viewer"}, token=owner.access), 200, "demote the admin")
+    r = post(c, "/v1/auth/accept-invitation", {"token": link_token(gm, "/accept-invitation"),
+                                               "password": PASSWORD3, "name": "Guest"})
+    check_problem(r, 400, "invalid-token", "accepting the demoted admin's invitation")
+    check(int(sql("SELECT count(*) FROM crm.users WHERE email = '%s'" % guest)) == 0, "the guest account exists")
+
+
 ALL = [
     test_full_flow,
     test_refresh_reuse_revokes_family,
@@ -1547,6 +1693,11 @@ ALL = [
     test_rate_limit,
     test_invitations_roles_and_disable,
     test_password_reset,
+    test_refresh_racing_logout_all,
+    test_registration_reveals_nothing,
+    test_token_mail_redacted_once_sent,
+    test_proxy_lines_and_odd_user_agents,
+    test_invitation_needs_an_entitled_inviter,
     test_main_exits_cleanly,
 ]
 
