@@ -96,7 +96,12 @@ def test_dead_letter_and_replay():
         check(audit == "1", "the replay was not audited (%s)" % audit)
         wait_for("the replayed job to die again", lambda: job(db, jid) == ("dead", 3, "diag: scripted failure"),
                  timeout=30)
-        failures = [e for e in crmd.events("job.failed") if e["job_id"] == jid]
+        # The log line of the last failure may still be on its way through crmd's log writer and our stderr reader.
+        def logged_failures():
+            return [e for e in crmd.events("job.failed") if e["job_id"] == jid]
+
+        wait_for("six failures in the log", lambda: len(logged_failures()) >= 6, timeout=10)
+        failures = logged_failures()
         check(len(failures) == 6, "the replay ran 3 more attempts (%d failures logged)" % len(failures))
 
         # A job that is not dead cannot be replayed.
