@@ -270,6 +270,25 @@ BEGIN
 END
 $$;
 
+-- Consumes a live verification or reset token under its user's lock (the lock order at the top of this file) and
+-- returns the user, or NULL when the token is unknown, used or expired.
+CREATE FUNCTION crm.auth_consume_email_token(p_token_hash bytea, p_purpose text) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, crm, pg_temp
+    AS $$
+DECLARE
+    v_user uuid;
+BEGIN
+    SELECT t.user_id INTO v_user FROM crm.email_tokens t WHERE t.token_hash = p_token_hash AND t.purpose = p_purpose;
+    IF v_user IS NULL OR NOT crm.auth_lock_user(v_user) THEN
+        RETURN NULL;
+    END IF;
+    UPDATE crm.email_tokens t SET used_at = now()
+    WHERE t.token_hash = p_token_hash AND t.used_at IS NULL AND t.expires_at > now();
+    RETURN CASE WHEN FOUND THEN v_user END;
+END
+$$;
+
 -- The current time in milliseconds since the epoch, as access tokens carry it (iat_ms).
 CREATE FUNCTION crm.auth_now_ms() RETURNS bigint
     LANGUAGE sql VOLATILE
@@ -345,13 +364,8 @@ CREATE FUNCTION crm.auth_verify_email(p_token_hash bytea, p_ip inet, p_ua text, 
 DECLARE
     v_user uuid;
 BEGIN
-    SELECT t.user_id INTO v_user FROM crm.email_tokens t WHERE t.token_hash = p_token_hash AND t.purpose = 'verify';
-    IF v_user IS NULL OR NOT crm.auth_lock_user(v_user) THEN
-        RETURN false;
-    END IF;
-    UPDATE crm.email_tokens t SET used_at = now()
-    WHERE t.token_hash = p_token_hash AND t.used_at IS NULL AND t.expires_at > now();
-    IF NOT FOUND THEN
+    v_user := crm.auth_consume_email_token(p_token_hash, 'verify');
+    IF v_user IS NULL THEN
         RETURN false;
     END IF;
     UPDATE crm.users u SET email_verified_at = coalesce(u.email_verified_at, now()), updated_at = now()
@@ -695,13 +709,8 @@ CREATE FUNCTION crm.auth_password_reset(p_token_hash bytea, p_new_hash text, p_m
 DECLARE
     v_user uuid;
 BEGIN
-    SELECT t.user_id INTO v_user FROM crm.email_tokens t WHERE t.token_hash = p_token_hash AND t.purpose = 'reset';
-    IF v_user IS NULL OR NOT crm.auth_lock_user(v_user) THEN
-        RETURN false;
-    END IF;
-    UPDATE crm.email_tokens t SET used_at = now()
-    WHERE t.token_hash = p_token_hash AND t.used_at IS NULL AND t.expires_at > now();
-    IF NOT FOUND THEN
+    v_user := crm.auth_consume_email_token(p_token_hash, 'reset');
+    IF v_user IS NULL THEN
         RETURN false;
     END IF;
     UPDATE crm.users u
@@ -933,6 +942,7 @@ REVOKE ALL ON FUNCTION crm.auth_audit(uuid, uuid, text, text, text, inet, text, 
     crm.auth_revoke(uuid, uuid, uuid),
     crm.auth_mail_allowed(text, text, interval, integer),
     crm.auth_lock_user(uuid),
+    crm.auth_consume_email_token(bytea, text),
     crm.auth_now_ms(),
     crm.auth_register(text, text, text, text, bytea, integer, jsonb, jsonb, inet, text, text),
     crm.auth_verify_email(bytea, inet, text, text),

@@ -552,23 +552,13 @@ int crm_auth_account_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
 
 int crm_auth_account_routes(crm_app_t *app)
 {
-    static const struct {
-        const char *pattern;
-        crm_http_handler_fn fn;
-    } routes[] = {
-        {"/v1/auth/register", on_register},
-        {"/v1/auth/verify-email", on_verify_email},
-        {"/v1/auth/resend-verification", on_resend_verification},
-        {"/v1/auth/password/forgot", on_password_forgot},
-        {"/v1/auth/password/reset", on_password_reset},
-        {"/v1/auth/accept-invitation", on_accept_invitation},
+    static const crm_auth_route_t routes[] = {
+        {CRM_HTTP_POST, "/v1/auth/register", on_register},
+        {CRM_HTTP_POST, "/v1/auth/verify-email", on_verify_email},
+        {CRM_HTTP_POST, "/v1/auth/resend-verification", on_resend_verification},
+        {CRM_HTTP_POST, "/v1/auth/password/forgot", on_password_forgot},
+        {CRM_HTTP_POST, "/v1/auth/password/reset", on_password_reset},
+        {CRM_HTTP_POST, "/v1/auth/accept-invitation", on_accept_invitation},
     };
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); ++i) {
-        const char *why;
-        crm_route_t *rt = crm_router_add(&app->router, CRM_HTTP_POST, routes[i].pattern, routes[i].fn, app, &why);
-        if (rt == NULL)
-            return CRM_E_NOMEM;
-        rt->max_body_bytes = CRM_AUTH_MAX_BODY;
-    }
-    return 0;
+    return crm_auth_add_routes(app, routes, sizeof(routes) / sizeof(routes[0]));
 }

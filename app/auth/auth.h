@@ -185,6 +185,16 @@ int crm_auth_login_prepare(crm_auth_t *a, crm_pg_pool_t *pool);
 int crm_auth_account_prepare(crm_auth_t *a, crm_pg_pool_t *pool);
 int crm_auth_users_prepare(crm_auth_t *a, crm_pg_pool_t *pool);
 
+/* A route a module registers; every one gets the CRM_AUTH_MAX_BODY body limit. */
+typedef struct st_crm_auth_route_t {
+    crm_http_method_t method;
+    const char *pattern;
+    crm_http_handler_fn fn;
+} crm_auth_route_t;
+
+/* Registers routes[0..n) with app's router; CRM_E_NOMEM (or an invalid pattern) stops it. */
+int crm_auth_add_routes(crm_app_t *app, const crm_auth_route_t *routes, size_t n);
+
 /* Route registration of each module. */
 int crm_auth_login_routes(crm_app_t *app);
 int crm_auth_account_routes(crm_app_t *app);

@@ -388,22 +388,11 @@ int crm_auth_login_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
 
 int crm_auth_login_routes(crm_app_t *app)
 {
-    static const struct {
-        crm_http_method_t method;
-        const char *pattern;
-        crm_http_handler_fn fn;
-    } routes[] = {
+    static const crm_auth_route_t routes[] = {
         {CRM_HTTP_POST, "/v1/auth/login", on_login},
         {CRM_HTTP_POST, "/v1/auth/refresh", on_refresh},
         {CRM_HTTP_POST, "/v1/auth/logout", on_logout},
         {CRM_HTTP_POST, "/v1/auth/logout-all", on_logout_all},
     };
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); ++i) {
-        const char *why;
-        crm_route_t *rt = crm_router_add(&app->router, routes[i].method, routes[i].pattern, routes[i].fn, app, &why);
-        if (rt == NULL)
-            return CRM_E_NOMEM;
-        rt->max_body_bytes = CRM_AUTH_MAX_BODY;
-    }
-    return 0;
+    return crm_auth_add_routes(app, routes, sizeof(routes) / sizeof(routes[0]));
 }

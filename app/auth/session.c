@@ -176,6 +176,21 @@ int crm_auth_prepare_all(crm_pg_pool_t *pool, const crm_auth_stmt_def_t *defs, s
     return 0;
 }
 
+int crm_auth_add_routes(crm_app_t *app, const crm_auth_route_t *routes, size_t n)
+{
+    for (size_t i = 0; i < n; ++i) {
+        const char *why;
+        crm_route_t *rt = crm_router_add(&app->router, routes[i].method, routes[i].pattern, routes[i].fn, app, &why);
+        if (rt == NULL) {
+            crm_log(CRM_LOG_ERROR, "startup.route_failed", CRM_LOG_STR("pattern", routes[i].pattern),
+                    CRM_LOG_STR("error", why));
+            return CRM_E_NOMEM;
+        }
+        rt->max_body_bytes = CRM_AUTH_MAX_BODY;
+    }
+    return 0;
+}
+
 int crm_auth_routes(crm_app_t *app)
 {
     int err = crm_auth_login_routes(app);

@@ -792,11 +792,7 @@ int crm_auth_users_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
 
 int crm_auth_users_routes(crm_app_t *app)
 {
-    static const struct {
-        crm_http_method_t method;
-        const char *pattern;
-        crm_http_handler_fn handler;
-    } routes[] = {
+    static const crm_auth_route_t routes[] = {
         {CRM_HTTP_GET, "/v1/me", on_me},
         {CRM_HTTP_GET, "/v1/users", on_users},
         {CRM_HTTP_POST, "/v1/users/invitations", on_invite},
@@ -804,13 +800,5 @@ int crm_auth_users_routes(crm_app_t *app)
         {CRM_HTTP_PATCH, "/v1/users/{id}", on_patch},
         {CRM_HTTP_GET, "/v1/audit-log", on_audit},
     };
-    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); ++i) {
-        const char *why = NULL;
-        crm_route_t *route =
-            crm_router_add(&app->router, routes[i].method, routes[i].pattern, routes[i].handler, app, &why);
-        if (route == NULL)
-            return CRM_E_INVAL;
-        route->max_body_bytes = CRM_AUTH_MAX_BODY;
-    }
-    return 0;
+    return crm_auth_add_routes(app, routes, sizeof(routes) / sizeof(routes[0]));
 }
