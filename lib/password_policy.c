@@ -6,6 +6,7 @@
 
 #include "err.h"
 #include "password.h"
+#include "wordset.h"
 
 /* The list, compiled in from lib/data/common_passwords.txt: one password per line. */
 extern const char crm_common_passwords[];
@@ -14,79 +15,13 @@ extern const size_t crm_common_passwords_len;
 #define MIN_CHARS 12
 #define MAX_CHARS 256
 
-/* An open-addressing set of the list's lines (lower-cased), built once at start-up. */
-static const char **g_set;
-static size_t g_mask;
-static char *g_text;
-
-static uint64_t hash_lower(const char *s, size_t len)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a: the keys are public data, so no seed is needed */
-    for (size_t i = 0; i < len; ++i) {
-        unsigned char c = (unsigned char)s[i];
-        h = (h ^ (c >= 'A' && c <= 'Z' ? c + 32 : c)) * 1099511628211ull;
-    }
-    return h;
-}
-
-static int equal_lower(const char *a, size_t alen, const char *b)
-{
-    size_t i = 0;
-    for (; i < alen && b[i] != '\0'; ++i) {
-        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
-        if ((x >= 'A' && x <= 'Z' ? x + 32 : x) != y)
-            return 0;
-    }
-    return i == alen && b[i] == '\0';
-}
+static crm_wordset_t g_common;
 
 int crm_password_policy_init(void)
 {
-    if (g_set != NULL)
+    if (g_common.count != 0)
         return 0;
-    size_t lines = 0;
-    for (size_t i = 0; i < crm_common_passwords_len; ++i)
-        lines += crm_common_passwords[i] == '\n';
-    size_t cap = 1;
-    while (cap < 2 * lines + 2)
-        cap *= 2;
-    g_text = malloc(crm_common_passwords_len + 1);
-    g_set = calloc(cap, sizeof(*g_set));
-    if (g_text == NULL || g_set == NULL) {
-        free(g_text);
-        free((void *)g_set);
-        g_text = NULL;
-        g_set = NULL;
-        return CRM_E_NOMEM;
-    }
-    g_mask = cap - 1;
-    memcpy(g_text, crm_common_passwords, crm_common_passwords_len);
-    g_text[crm_common_passwords_len] = '\0';
-    for (char *p = g_text, *end = g_text + crm_common_passwords_len; p < end;) {
-        char *nl = memchr(p, '\n', (size_t)(end - p));
-        size_t len = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
-        p[len] = '\0';
-        for (size_t i = 0; i < len; ++i)
-            if (p[i] >= 'A' && p[i] <= 'Z')
-                p[i] = (char)(p[i] + 32);
-        if (len > 0) {
-            size_t i = hash_lower(p, len) & g_mask;
-            while (g_set[i] != NULL && strcmp(g_set[i], p) != 0)
-                i = (i + 1) & g_mask;
-            g_set[i] = p;
-        }
-        p += len + 1;
-    }
-    return 0;
-}
-
-static int is_common(const char *pw, size_t len)
-{
-    size_t i = hash_lower(pw, len) & g_mask;
-    for (; g_set[i] != NULL; i = (i + 1) & g_mask)
-        if (equal_lower(pw, len, g_set[i]))
-            return 1;
-    return 0;
+    return crm_wordset_init(&g_common, crm_common_passwords, crm_common_passwords_len);
 }
 
 /* Counts code points of well-formed UTF-8 (no overlongs, no surrogates, ≤ U+10FFFF, no NUL); -1 if malformed. */
@@ -138,7 +73,7 @@ crm_password_verdict_t crm_password_policy_check(const char *pw, size_t len, con
         return CRM_PASSWORD_TOO_LONG;
     if (email != NULL && strlen(email) == len && strncasecmp(pw, email, len) == 0)
         return CRM_PASSWORD_IS_EMAIL;
-    if (g_set != NULL && is_common(pw, len))
+    if (crm_wordset_has(&g_common, pw, len))
         return CRM_PASSWORD_COMMON;
     return CRM_PASSWORD_OK;
 }
