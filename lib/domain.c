@@ -1,6 +1,8 @@
 #include "domain.h"
 
+#include <idn2.h>
 #include <libpsl.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
@@ -51,7 +53,8 @@ static int host_of(const char *s, size_t len, const char **host, size_t *hlen)
             break;
     }
     const char *stop = p;
-    while (stop < end && *stop != '/' && *stop != '?' && *stop != '#')
+    /* A backslash ends the host as a slash does: browsers read "https://evil.com\@good.com/" as evil.com. */
+    while (stop < end && *stop != '/' && *stop != '\\' && *stop != '?' && *stop != '#')
         ++stop;
     for (const char *q = stop; q > p; --q)
         if (q[-1] == '@') {
@@ -72,24 +75,27 @@ static int host_of(const char *s, size_t len, const char **host, size_t *hlen)
     return 1;
 }
 
-/* Checks the host name's labels and writes it, ASCII lower-cased, without a trailing dot, to out (cap >=
- * CRM_DOMAIN_MAX). 0 when it is not a host name (an IPv4 address included). */
-static int host_name(const char *h, size_t len, char *out)
+/* Checks the host name's labels and writes it, ASCII lower-cased, without a trailing dot, to out[0..cap). Labels are
+ * LDH (letters, digits, hyphens not first or last) or hold UTF-8; ASCII names must fit DNS's limits (63-byte labels,
+ * 253 characters), internationalised ones are held to them once converted to punycode. Sets *ascii. 0 when it is
+ * not a host name (an IPv4 address included). */
+static int host_name(const char *h, size_t len, char *out, size_t cap, int *ascii)
 {
     if (len > 0 && h[len - 1] == '.')
         --len;
-    if (len == 0 || len > CRM_DOMAIN_MAX - 1)
+    if (len == 0 || len >= cap)
         return 0;
     size_t label = 0;
-    int last_all_digits = 1;
+    int last_all_digits = 1, label_ascii = 1;
+    *ascii = 1;
     for (size_t i = 0; i <= len; ++i) {
         unsigned char c = i < len ? (unsigned char)h[i] : '.';
         if (c == '.') {
-            if (label == 0 || label > 63 || out[i - 1] == '-' || out[i - label] == '-')
+            if (label == 0 || (label_ascii && label > 63) || out[i - 1] == '-' || out[i - label] == '-')
                 return 0;
             if (i < len) {
                 label = 0;
-                last_all_digits = 1;
+                last_all_digits = label_ascii = 1;
                 out[i] = '.';
             }
             continue;
@@ -98,12 +104,35 @@ static int host_name(const char *h, size_t len, char *out)
             c = (unsigned char)(c + 32);
         if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c >= 0x80))
             return 0;
+        if (c >= 0x80)
+            label_ascii = *ascii = 0;
         last_all_digits &= c >= '0' && c <= '9';
         out[i] = (char)c;
         ++label;
     }
     out[len] = '\0';
+    if (*ascii && len > CRM_DOMAIN_MAX - 1)
+        return 0;
     return !last_all_digits; /* a top-level label of digits only is an IPv4 address, not a name */
+}
+
+/* The ASCII form of a host name in out (CRM_DOMAIN_MAX): itself, or its punycode (IDNA2008, UTS #46
+ * non-transitional, NFC), so that "MÜNCHEN.de" and "xn--mnchen-3ya.de" are one name. 0 when it is none. */
+static int ascii_name(const char *h, size_t len, char *out)
+{
+    char raw[4 * CRM_DOMAIN_MAX];
+    int ascii;
+    if (!host_name(h, len, raw, sizeof(raw), &ascii))
+        return 0;
+    if (ascii) {
+        memcpy(out, raw, strlen(raw) + 1);
+        return 1;
+    }
+    char *puny = NULL;
+    int ok = idn2_to_ascii_8z(raw, &puny, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL) == IDN2_OK &&
+             host_name(puny, strlen(puny), out, CRM_DOMAIN_MAX, &ascii) && ascii;
+    idn2_free(puny);
+    return ok;
 }
 
 crm_domain_verdict_t crm_domain_registrable(const char *input, size_t len, char *out, size_t cap)
@@ -114,32 +143,20 @@ crm_domain_verdict_t crm_domain_registrable(const char *input, size_t len, char 
     if (cap < CRM_DOMAIN_MAX)
         return CRM_DOMAIN_INVALID;
     out[0] = '\0';
-    if (g_psl == NULL || input == NULL || !host_of(input, len, &host, &hlen) || !host_name(host, hlen, name))
+    if (g_psl == NULL || input == NULL || !host_of(input, len, &host, &hlen) || !ascii_name(host, hlen, name))
         return CRM_DOMAIN_INVALID;
-    /* libpsl compares lower-case UTF-8: ASCII is done; internationalised labels need its Unicode lower-casing. */
-    char *lower = NULL;
-    const char *subject = name;
-    for (const char *p = name; *p; ++p)
-        if ((unsigned char)*p >= 0x80) {
-            if (psl_str_to_utf8lower(name, "utf-8", NULL, &lower) != PSL_SUCCESS)
-                return CRM_DOMAIN_INVALID;
-            subject = lower;
-            break;
-        }
-    const char *reg = psl_registrable_domain(g_psl, subject);
-    crm_domain_verdict_t v = CRM_DOMAIN_PUBLIC_SUFFIX;
-    if (reg != NULL && strlen(reg) < cap) {
-        memcpy(out, reg, strlen(reg) + 1);
-        v = CRM_DOMAIN_OK;
-    }
-    psl_free_string(lower);
-    return v;
+    /* libpsl matches punycode labels against the list's internationalised suffixes itself. */
+    const char *reg = psl_registrable_domain(g_psl, name);
+    if (reg == NULL)
+        return CRM_DOMAIN_PUBLIC_SUFFIX;
+    memcpy(out, reg, strlen(reg) + 1);
+    return CRM_DOMAIN_OK;
 }
 
 int crm_domain_is_free_mail(const char *domain, size_t len)
 {
     char reg[CRM_DOMAIN_MAX], name[CRM_DOMAIN_MAX];
-    if (domain == NULL || !host_name(domain, len, name))
+    if (domain == NULL || !ascii_name(domain, len, name))
         return 0;
     if (crm_wordset_has(&g_free_mail, name, strlen(name)))
         return 1;

@@ -34,10 +34,11 @@ typedef enum {
 
 /*
  * The registrable domain of input[0..len): a host name, or a URL whose scheme, user info, port, path, query and
- * fragment are ignored; any case; a trailing dot is dropped. Labels are letters, digits and hyphens (not first or
- * last), 1..63 bytes, or UTF-8 (internationalised names, lower-cased by libpsl). Writes the registrable domain,
- * lower-cased, to out[0..cap) with its NUL; cap must be at least CRM_DOMAIN_MAX. Returns the verdict (out is ""
- * unless OK).
+ * fragment are ignored (a backslash ends the host, as browsers read it); any case; a trailing dot is dropped.
+ * Labels are letters, digits and hyphens (not first or last), 1..63 bytes, or UTF-8: an internationalised name is
+ * converted to its punycode form (IDNA2008 with UTS #46), so that each domain has exactly one spelling. Writes the
+ * registrable domain, lower-case ASCII, to out[0..cap) with its NUL; cap must be at least CRM_DOMAIN_MAX. Returns
+ * the verdict (out is "" unless OK).
  */
 crm_domain_verdict_t crm_domain_registrable(const char *input, size_t len, char *out, size_t cap);
 

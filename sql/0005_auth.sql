@@ -138,6 +138,7 @@ CREATE TABLE crm.auth_mail_throttle (
     hour_count integer NOT NULL,
     PRIMARY KEY (purpose, email_digest)
 );
+CREATE INDEX auth_mail_throttle_by_age ON crm.auth_mail_throttle (hour_start);
 ALTER TABLE crm.auth_mail_throttle ENABLE ROW LEVEL SECURITY;
 ALTER TABLE crm.auth_mail_throttle FORCE ROW LEVEL SECURITY;
 CREATE POLICY auth_mail_throttle_owner_all ON crm.auth_mail_throttle TO crmd_owner USING (true) WITH CHECK (true);
@@ -255,6 +256,12 @@ BEGIN
         hour_count = CASE WHEN t.hour_start <= now() - interval '1 hour' THEN 0 ELSE t.hour_count END
                      + CASE WHEN v_allowed THEN 1 ELSE 0 END
     WHERE t.purpose = p_purpose AND t.email_digest = sha256(convert_to(p_email, 'UTF8'));
+    -- Each call also forgets two rows nobody has asked about for an hour (no gap or window is longer), so the table
+    -- holds about the addresses of the last hour whatever the number of addresses ever asked about.
+    DELETE FROM crm.auth_mail_throttle t
+    WHERE t.ctid IN (SELECT o.ctid FROM crm.auth_mail_throttle o
+                     WHERE o.hour_start < now() - interval '1 hour' AND o.last_at < now() - interval '1 hour'
+                     LIMIT 2 FOR UPDATE SKIP LOCKED);
     RETURN v_allowed;
 END
 $$;
@@ -417,14 +424,16 @@ BEGIN
 END
 $$;
 
--- Second half of a login, with the verdict on the password. Re-reads the account under a row lock, so that the
+-- Second half of a login, with the verdict on the password (checked against p_checked_hash, the hash the first
+-- half read). Re-reads the account under a row lock, so that the
 -- failure counters are exact whatever the number of processes, and a lock taken meanwhile by concurrent failures
 -- wins over a correct password. Outcomes:
 --   ok          a new refresh family was created (p_refresh_hash); tenant_id and role say for which membership;
 --   invalid     wrong password, unknown, disabled or locked account, no usable membership: the generic answer;
 --   unverified  the password was right but the address is not verified yet.
-CREATE FUNCTION crm.auth_login_finish(p_user uuid, p_password_ok boolean, p_tenant uuid, p_refresh_hash bytea,
-                                      p_idle_s integer, p_absolute_s integer, p_ip inet, p_ua text, p_rid text)
+CREATE FUNCTION crm.auth_login_finish(p_user uuid, p_password_ok boolean, p_checked_hash text, p_tenant uuid,
+                                      p_refresh_hash bytea, p_idle_s integer, p_absolute_s integer, p_ip inet,
+                                      p_ua text, p_rid text)
     RETURNS TABLE (outcome text, tenant_id uuid, role text, issued_ms bigint)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
@@ -455,6 +464,10 @@ BEGIN
         v_reason := 'locked';
     ELSIF v.status <> 'active' THEN
         v_reason := 'disabled';
+    ELSIF p_password_ok AND v.password_hash IS DISTINCT FROM p_checked_hash THEN
+        -- The password was checked against a hash that a reset replaced meanwhile: it proves nothing now, and it
+        -- is not counted against the account either.
+        v_reason := 'password_changed';
     ELSIF NOT p_password_ok THEN
         v_reason := 'wrong_password';
         IF v.failed_window_start IS NULL OR v.failed_window_start <= now() - interval '15 minutes' THEN
@@ -797,9 +810,9 @@ $$;
 
 -- Accepts an invitation. With p_new_hash the invited address must have no account yet: one is created, verified
 -- (the invitation mail reached it). Without it the account must exist (crmd has checked its password). Outcomes:
--- ok, invalid (token not live), conflict (the account appeared or vanished since crmd looked).
-CREATE FUNCTION crm.auth_accept_invitation(p_token_hash bytea, p_new_hash text, p_name text, p_ip inet, p_ua text,
-                                           p_rid text)
+-- ok, invalid (token not live), conflict (the account appeared, vanished or changed its password since crmd looked).
+CREATE FUNCTION crm.auth_accept_invitation(p_token_hash bytea, p_new_hash text, p_checked_hash text, p_name text,
+                                           p_ip inet, p_ua text, p_rid text)
     RETURNS TABLE (outcome text, user_id uuid, tenant_id uuid, role text)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
@@ -830,7 +843,9 @@ BEGIN
         ON CONFLICT (email) DO NOTHING
         RETURNING users.user_id INTO v_user;
     ELSE
-        SELECT u.user_id INTO v_user FROM crm.users u WHERE u.email = v.email;
+        -- crmd checked the password against p_checked_hash: it counts only if that is still the account's hash.
+        SELECT u.user_id INTO v_user FROM crm.users u
+        WHERE u.email = v.email AND u.password_hash = p_checked_hash AND u.status = 'active';
     END IF;
     IF v_user IS NULL THEN
         outcome := 'conflict';
@@ -870,6 +885,9 @@ BEGIN
     PERFORM FROM crm.memberships m WHERE m.tenant_id = v_tenant AND m.role = 'owner'
     ORDER BY m.user_id FOR UPDATE;
     SELECT * INTO v FROM crm.memberships m WHERE m.tenant_id = v_tenant AND m.user_id = p_user FOR UPDATE;
+    -- Then the user's row, as every change of sessions does: a refresh or login racing a disable either finishes
+    -- first (and its token is revoked below) or waits and finds the membership disabled.
+    PERFORM crm.auth_lock_user(p_user);
     IF NOT FOUND THEN
         outcome := 'not_found';
         RETURN NEXT;
@@ -948,7 +966,7 @@ REVOKE ALL ON FUNCTION crm.auth_audit(uuid, uuid, text, text, text, inet, text, 
     crm.auth_verify_email(bytea, inet, text, text),
     crm.auth_resend_verification(text, bytea, integer, jsonb),
     crm.auth_login_lookup(text),
-    crm.auth_login_finish(uuid, boolean, uuid, bytea, integer, integer, inet, text, text),
+    crm.auth_login_finish(uuid, boolean, text, uuid, bytea, integer, integer, inet, text, text),
     crm.auth_rehash(uuid, text, text),
     crm.auth_refresh(bytea, bytea, integer, integer, inet, text, text),
     crm.auth_logout(bytea, inet, text, text),
@@ -958,13 +976,13 @@ REVOKE ALL ON FUNCTION crm.auth_audit(uuid, uuid, text, text, text, inet, text, 
     crm.auth_password_reset(bytea, text, jsonb, inet, text, text),
     crm.auth_principal(uuid, uuid),
     crm.auth_invite(uuid, text, text, bytea, integer, jsonb, inet, text, text),
-    crm.auth_accept_invitation(bytea, text, text, inet, text, text),
+    crm.auth_accept_invitation(bytea, text, text, text, inet, text, text),
     crm.auth_update_member(uuid, uuid, text, text, inet, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION crm.auth_register(text, text, text, text, bytea, integer, jsonb, jsonb, inet, text, text),
     crm.auth_verify_email(bytea, inet, text, text),
     crm.auth_resend_verification(text, bytea, integer, jsonb),
     crm.auth_login_lookup(text),
-    crm.auth_login_finish(uuid, boolean, uuid, bytea, integer, integer, inet, text, text),
+    crm.auth_login_finish(uuid, boolean, text, uuid, bytea, integer, integer, inet, text, text),
     crm.auth_rehash(uuid, text, text),
     crm.auth_refresh(bytea, bytea, integer, integer, inet, text, text),
     crm.auth_logout(bytea, inet, text, text),
@@ -974,5 +992,5 @@ GRANT EXECUTE ON FUNCTION crm.auth_register(text, text, text, text, bytea, integ
     crm.auth_password_reset(bytea, text, jsonb, inet, text, text),
     crm.auth_principal(uuid, uuid),
     crm.auth_invite(uuid, text, text, bytea, integer, jsonb, inet, text, text),
-    crm.auth_accept_invitation(bytea, text, text, inet, text, text),
+    crm.auth_accept_invitation(bytea, text, text, text, inet, text, text),
     crm.auth_update_member(uuid, uuid, text, text, inet, text, text) TO crmd_app;

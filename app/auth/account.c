@@ -468,10 +468,16 @@ static void accept_store(crm_http_req_t *req)
 {
     account_t *acc = req->handler_data;
     char ip[64];
-    const char *values[] = {
-        acc->digest,    acc->hash, acc->name, crm_auth_client_ip(req, ip, sizeof(ip)), crm_auth_user_agent(req),
-        req->request_id};
-    submit(req, crm_auth_of(req)->stmt.accept, 6, values, CRM_PG_TX, on_invitation_accepted);
+    /* Without a new hash the existing account joins, and only if its hash is still the one its password was
+     * checked against. */
+    const char *values[] = {acc->digest,
+                            acc->hash,
+                            acc->hash == NULL ? acc->existing_hash : NULL,
+                            acc->name,
+                            crm_auth_client_ip(req, ip, sizeof(ip)),
+                            crm_auth_user_agent(req),
+                            req->request_id};
+    submit(req, crm_auth_of(req)->stmt.accept, 7, values, CRM_PG_TX, on_invitation_accepted);
 }
 
 static void on_existing_verified(int err, int match, int needs_rehash, void *data)
@@ -479,11 +485,11 @@ static void on_existing_verified(int err, int match, int needs_rehash, void *dat
     crm_http_req_t *req = data;
     if (!crm_http_await_done(req))
         return;
-    if (err != 0) {
+    if (err != 0 && err != CRM_E_PARSE) {
         crm_http_respond_error(req, err);
         return;
     }
-    if (!match) {
+    if (err == CRM_E_PARSE || !match) { /* a stored hash argon2 refuses is a wrong password too */
         crm_auth_respond_invalid_credentials(req);
         return;
     }
@@ -545,7 +551,7 @@ int crm_auth_account_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
         {"auth.forgot", "SELECT crm.auth_password_forgot($1, $2, $3, $4, $5, $6, $7)", 7, &a->stmt.forgot},
         {"auth.token_peek", "SELECT * FROM crm.auth_email_token_peek($1, $2)", 2, &a->stmt.token_peek},
         {"auth.reset", "SELECT crm.auth_password_reset($1, $2, $3, $4, $5, $6)", 6, &a->stmt.reset},
-        {"auth.accept", "SELECT * FROM crm.auth_accept_invitation($1, $2, $3, $4, $5, $6)", 6, &a->stmt.accept},
+        {"auth.accept", "SELECT * FROM crm.auth_accept_invitation($1, $2, $3, $4, $5, $6, $7)", 7, &a->stmt.accept},
     };
     return crm_auth_prepare_all(pool, defs, sizeof(defs) / sizeof(defs[0]));
 }

@@ -113,6 +113,7 @@ static void finish(crm_http_req_t *req, login_t *l)
     /* Unknown accounts run the same round trip (the function returns at once) so they take the same time. */
     const char *values[] = {l->user_id[0] != '\0' ? l->user_id : NULL,
                             l->password_ok ? "true" : "false",
+                            l->hash,
                             l->tenant_id,
                             l->refresh_digest,
                             idle,
@@ -121,7 +122,7 @@ static void finish(crm_http_req_t *req, login_t *l)
                             crm_auth_user_agent(req),
                             req->request_id};
     crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_TX);
-    if (u == NULL || crm_pg_unit_add(u, a->stmt.login_finish, 9, values, NULL) < 0) {
+    if (u == NULL || crm_pg_unit_add(u, a->stmt.login_finish, 10, values, NULL) < 0) {
         crm_pg_unit_free(u);
         crm_http_respond_error(req, CRM_E_NOMEM);
         return;
@@ -135,6 +136,11 @@ static void on_verified(int err, int match, int needs_rehash, void *data)
     if (!crm_http_await_done(req))
         return;
     login_t *l = req->handler_data;
+    if (err == CRM_E_PARSE) {
+        /* argon2 itself refused the stored hash (a field parse_encoded lets through): a wrong password all the same. */
+        l->hash = NULL;
+        err = match = 0;
+    }
     if (err != 0) {
         crm_http_respond_error(req, err);
         return;
@@ -376,7 +382,7 @@ int crm_auth_login_prepare(crm_auth_t *a, crm_pg_pool_t *pool)
 {
     const crm_auth_stmt_def_t defs[] = {
         {"auth.login_lookup", "SELECT * FROM crm.auth_login_lookup($1)", 1, &a->stmt.login_lookup},
-        {"auth.login_finish", "SELECT * FROM crm.auth_login_finish($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9,
+        {"auth.login_finish", "SELECT * FROM crm.auth_login_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10,
          &a->stmt.login_finish},
         {"auth.rehash", "SELECT crm.auth_rehash($1, $2, $3)", 3, &a->stmt.rehash},
         {"auth.refresh", "SELECT * FROM crm.auth_refresh($1, $2, $3, $4, $5, $6, $7)", 7, &a->stmt.refresh},

@@ -321,21 +321,21 @@ const char *crm_auth_client_ip(const crm_http_req_t *req, char *buf, size_t cap)
      * client. Everything to its left was written by the client and proves nothing. Several header lines are one
      * list in order (RFC 9110 §5.3): some proxies append a line of their own rather than extend the last one. */
     enum { MAX_LINES = 16 };
-    ssize_t lines[MAX_LINES];
+    ssize_t lines[MAX_LINES]; /* the last MAX_LINES lines, in a ring: only the right end of the list matters */
     size_t nlines = 0;
     const h2o_headers_t *headers = &req->h2o->headers;
     for (ssize_t i = h2o_find_header(headers, H2O_TOKEN_X_FORWARDED_FOR, -1); i != -1;
-         i = h2o_find_header(headers, H2O_TOKEN_X_FORWARDED_FOR, i)) {
-        if (nlines == MAX_LINES)
-            return peer; /* more lines than any real chain of proxies: believe nothing beyond the peer */
-        lines[nlines++] = i;
-    }
-    for (size_t k = nlines; k > 0; --k) {
-        const h2o_iovec_t *v = &headers->entries[lines[k - 1]].value;
-        const char *chosen = xff_walk(a, v->base, v->len, k == 1, buf, cap);
+         i = h2o_find_header(headers, H2O_TOKEN_X_FORWARDED_FOR, i))
+        lines[nlines++ % MAX_LINES] = i;
+    size_t kept = nlines < MAX_LINES ? nlines : MAX_LINES;
+    for (size_t k = 0; k < kept; ++k) {
+        size_t index = nlines - 1 - k; /* from the last line backwards */
+        const h2o_iovec_t *v = &headers->entries[lines[index % MAX_LINES]].value;
+        const char *chosen = xff_walk(a, v->base, v->len, index == 0, buf, cap);
         if (chosen != XFF_CONTINUE)
             return chosen != NULL ? chosen : peer;
     }
+    /* Sixteen lines of trusted proxies and still more to the left: no real chain; believe the proxy. */
     return peer;
 }
 
@@ -499,9 +499,8 @@ void crm_auth_require(crm_http_req_t *req, const char *permission, crm_auth_cont
     /* iat_ms is crmd's own precise issue time; a token without it counts from the start of its iat second, the
      * earliest it can have been issued, so that missing precision never spares a revoked token. */
     json_t *iat_ms = json_object_get(claims, "iat_ms");
-    r->who.issued_at_ms = json_is_integer(iat_ms) && json_integer_value(iat_ms) / 1000 == json_integer_value(iat)
-                              ? (int64_t)json_integer_value(iat_ms)
-                              : (int64_t)json_integer_value(iat) * 1000;
+    r->who.issued_at_ms =
+        json_is_integer(iat_ms) ? (int64_t)json_integer_value(iat_ms) : (int64_t)json_integer_value(iat) * 1000;
     json_decref(claims);
     r->cont = cont;
     r->permission = permission;
@@ -585,7 +584,8 @@ void crm_auth_respond_tokens(crm_http_req_t *req, const char *user_id, const cha
                              const char *refresh_token, const char *issued_ms)
 {
     crm_auth_t *a = crm_auth_of(req);
-    int64_t now_ms = strtoll(issued_ms, NULL, 10), now = now_ms / 1000, ttl = a->app->config->access_token_ttl_s;
+    /* iat and exp on this host's clock, which verifies them; iat_ms on the database's, which revocations use. */
+    int64_t now = (int64_t)time(NULL), now_ms = strtoll(issued_ms, NULL, 10), ttl = a->app->config->access_token_ttl_s;
     uint8_t jti_raw[16];
     char jti[32], token[1024];
     size_t len;

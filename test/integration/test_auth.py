@@ -1488,8 +1488,16 @@ def test_password_reset():
     check_problem(post(c, "/v1/auth/password/reset", {"token": b64url(secrets.token_bytes(32)),
                                                       "new_password": PASSWORD3}), 400, "invalid-token",
                   "reset with an unknown token")
+    old_hash = sql("SELECT password_hash FROM crm.users WHERE user_id = '%s'" % u.id)
     r = post(c, "/v1/auth/password/reset", {"token": token, "new_password": PASSWORD3})
     check(check_json(r, 200, "reset") == {"status": "password_reset"}, "reset answered %r" % r.body)
+    # A login whose password was checked against the old hash before the reset, and that records its verdict after
+    # it, gets no session (the door compares the hash it was checked against).
+    late = sql("SELECT outcome FROM crm.auth_login_finish('%s', true, '%s', NULL, '\\x%s', 600, 3600, NULL, NULL, "
+               "'late-login')" % (u.id, old_hash, secrets.token_hex(32)))
+    check(late == "invalid", "a login checked against the replaced hash got %r" % late)
+    check(audit_count(u.tenant, "auth.login_failed", "AND request_id = 'late-login' AND "
+                      "metadata->>'reason' = 'password_changed'") == 1, "the late login's failure was not audited")
     check_problem(post(c, "/v1/auth/password/reset", {"token": token, "new_password": PASSWORD2}), 400,
                   "invalid-token", "reset token reused")
 

@@ -9,7 +9,7 @@ set -eu
 
 what=${1:-build}
 pkgs="gcc libc6-dev pkg-config meson ninja-build python3 ca-certificates
-      libuv1-dev libh2o-dev libpq-dev libcurl4-openssl-dev libssl-dev libjansson-dev libargon2-dev libpsl-dev
+      libuv1-dev libh2o-dev libpq-dev libcurl4-openssl-dev libssl-dev libjansson-dev libargon2-dev libpsl-dev libidn2-dev
       libcmocka-dev postgresql-15 postgresql-client-15 util-linux"
 case "$what" in
 build) ;;

@@ -33,8 +33,15 @@ static void test_registrable(void **state)
     /* Private suffixes: everyone under github.io is a separate owner. */
     expect_domain("foo.github.io", CRM_DOMAIN_OK, "foo.github.io");
     expect_domain("www.foo.github.io", CRM_DOMAIN_OK, "foo.github.io");
-    /* Internationalised names, lower-cased by libpsl. */
-    expect_domain("www.MÜNCHEN.de", CRM_DOMAIN_OK, "münchen.de");
+    /* Internationalised names have one spelling, punycode, whichever form came in; their labels are held to 63
+     * bytes in that form (22 CJK characters are 66 bytes of UTF-8 but fit). */
+    expect_domain("www.MÜNCHEN.de", CRM_DOMAIN_OK, "xn--mnchen-3ya.de");
+    expect_domain("www.xn--mnchen-3ya.de", CRM_DOMAIN_OK, "xn--mnchen-3ya.de");
+    expect_domain("shop.例え.jp", CRM_DOMAIN_OK, "xn--r8jz45g.jp");
+    expect_domain("一二三四五六七八九十一二三四五六七八九十一二.com", CRM_DOMAIN_OK,
+                  "xn--4gqaakb7ac48dd77bee9gf410igazh100gia164qja.com");
+    /* A backslash ends the host, as browsers read it. */
+    expect_domain("https://evil.com\\@good.com/", CRM_DOMAIN_OK, "evil.com");
     /* Nobody's domain. */
     expect_domain("com", CRM_DOMAIN_PUBLIC_SUFFIX, "");
     expect_domain("co.uk", CRM_DOMAIN_PUBLIC_SUFFIX, "");
