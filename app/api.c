@@ -112,8 +112,7 @@ int crm_api_read_body(crm_http_req_t *req, const crm_api_field_t *fields, size_t
                 continue;
             }
             size_t chars = utf8_chars(json_string_value(v), json_string_length(v));
-            if (chars < fields[i].min_chars || chars > fields[i].max_chars ||
-                strlen(json_string_value(v)) != json_string_length(v)) {
+            if (chars < fields[i].min_chars || chars > fields[i].max_chars) {
                 snprintf(msg, sizeof(msg), "must be %zu to %zu characters long", fields[i].min_chars,
                          fields[i].max_chars);
                 json_array_append_new(errors, json_pack("{s:s, s:s}", "field", fields[i].name, "message", msg));

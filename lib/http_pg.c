@@ -60,3 +60,33 @@ void crm_http_pg_respond_error(crm_http_req_t *req, crm_pg_unit_t *unit, int err
     }
     crm_http_respond_error(req, err);
 }
+
+int crm_http_pg_submit_one(crm_http_req_t *req, crm_pg_pool_t *pool, unsigned flags, const char *tenant_id,
+                           crm_pg_stmt_t stmt, int nparams, const char *const *values, crm_pg_unit_cb cb)
+{
+    crm_pg_unit_t *u = crm_pg_unit_new(pool, flags);
+    int err = u == NULL ? CRM_E_NOMEM : 0;
+    if (err == 0 && tenant_id != NULL)
+        err = crm_pg_unit_set_tenant(u, tenant_id);
+    if (err == 0) {
+        int index = crm_pg_unit_add(u, stmt, nparams, values, NULL);
+        err = index < 0 ? index : 0;
+    }
+    if (err != 0) {
+        /* Not the client's doing: the statement and its parameters are the handler's, bounded by the body limit. */
+        crm_pg_unit_free(u);
+        crm_http_respond_error(req, err == CRM_E_NOMEM ? CRM_E_NOMEM : CRM_E_STATE);
+        return err;
+    }
+    return crm_http_pg_submit(req, u, cb);
+}
+
+crm_http_req_t *crm_http_pg_result(void *data, crm_pg_unit_t *unit, int err)
+{
+    crm_http_req_t *req = crm_http_pg_resume(data);
+    if (req != NULL && err != 0) {
+        crm_http_pg_respond_error(req, unit, err);
+        return NULL;
+    }
+    return req;
+}

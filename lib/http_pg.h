@@ -33,6 +33,17 @@ void crm_http_pg_await(crm_http_req_t *req, crm_pg_unit_t *unit);
 /* In a unit callback: the request to answer, or NULL when it no longer wants an answer. */
 crm_http_req_t *crm_http_pg_resume(void *data);
 
+/* The one-statement unit most handlers need: builds it (flags as crm_pg_unit_new; app.tenant_id set when tenant_id
+ * is not NULL), adds stmt with values (as crm_pg_unit_add) and submits it for req as crm_http_pg_submit does. On
+ * any failure the request is answered (500 when the unit cannot be built) and the error returned. */
+int crm_http_pg_submit_one(crm_http_req_t *req, crm_pg_pool_t *pool, unsigned flags, const char *tenant_id,
+                           crm_pg_stmt_t stmt, int nparams, const char *const *values, crm_pg_unit_cb cb);
+
+/* In a unit callback of a handler that has no SQL error of its own to tell apart: the request when the unit
+ * succeeded; NULL when the request is gone, or when the unit failed, which has then been answered as
+ * crm_http_pg_respond_error does. */
+crm_http_req_t *crm_http_pg_result(void *data, crm_pg_unit_t *unit, int err);
+
 /* Answers a failed unit: 503/504 for the pool's own errors; 500 for an SQL error, which is logged with its
  * SQLSTATE (the server's message may quote data, so it goes to the log, never to the client). Handlers that
  * expect particular SQLSTATEs (unique violations → 409) check crm_pg_unit_sqlstate first. */

@@ -17,7 +17,6 @@
 #include "err.h"
 #include "http_pg.h"
 #include "log.h"
-#include "mailer/mailer.h"
 
 /* State of one request across its steps, in request memory. */
 typedef struct st_account_t {
@@ -41,47 +40,6 @@ static void respond_invalid_token(crm_http_req_t *req)
 {
     crm_http_respond_problem(req, 400, "invalid-token", "Invalid or expired token",
                              "The token is unknown, expired or already used.", NULL);
-}
-
-/* Builds the payload of a mail to one address with a link, or without one when path is NULL. */
-static char *mail_payload(crm_http_req_t *req, const char *to, const char *name, const char *subject, const char *intro,
-                          const char *path, const char *token)
-{
-    crm_app_t *app = crm_api_app(req);
-    char text[2048];
-    if (path != NULL)
-        snprintf(text, sizeof(text), "%s\n\n%s%s?token=%s\n\nIf you did not ask for this, ignore this mail.\n", intro,
-                 app->config->public_url, path, token);
-    else
-        snprintf(text, sizeof(text), "%s\n", intro);
-    crm_mail_mailbox_t box = {to, name};
-    crm_app_mail_t m = {.to = &box, .to_count = 1, .subject = subject, .text = text, .secret = token != NULL};
-    char *json = NULL;
-    int err = crm_app_mail_payload(app, &m, &json);
-    if (err != 0) {
-        crm_log(CRM_LOG_ERROR, "auth.mail_compose_failed", CRM_LOG_STR("request_id", req->request_id),
-                CRM_LOG_STR("error", crm_err_str(err)));
-        return NULL;
-    }
-    /* Request memory keeps it until the request ends (the unit copies its parameters anyway). */
-    size_t len = strlen(json);
-    char *copy = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
-    memcpy(copy, json, len + 1);
-    free(json);
-    return copy;
-}
-
-/* Submits statement stmt with values as one transaction for req; answers 500 on failure to build it. */
-static void submit(crm_http_req_t *req, crm_pg_stmt_t stmt, int n, const char *const *values, unsigned flags,
-                   crm_pg_unit_cb cb)
-{
-    crm_pg_unit_t *u = crm_pg_unit_new(crm_api_app(req)->pool, flags);
-    if (u == NULL || crm_pg_unit_add(u, stmt, n, values, NULL) < 0) {
-        crm_pg_unit_free(u);
-        crm_http_respond_error(req, CRM_E_NOMEM);
-        return;
-    }
-    crm_http_pg_submit(req, u, cb);
 }
 
 /* ---- passwords on the thread pool ---- */
@@ -143,13 +101,9 @@ static int password_acceptable(crm_http_req_t *req, const char *field, const cha
 
 static void on_registered(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     crm_jobs_wake(crm_api_app(req)->jobs);
     crm_http_respond_json(req, 201, json_pack("{s:s}", "status", "verification_pending"));
 }
@@ -162,16 +116,18 @@ static void register_store(crm_http_req_t *req)
         crm_http_respond_error(req, CRM_E_IO);
         return;
     }
-    const char *verify = mail_payload(req, acc->email, acc->name, "Verify your email address",
-                                      "Welcome to crmd. Confirm your email address by opening this link within 24 "
-                                      "hours:",
-                                      "/verify-email", token);
-    const char *exists = mail_payload(req, acc->email, NULL, "Someone tried to register with your email address",
-                                      "Someone just tried to create a crmd account with this email address, which "
-                                      "already has one. If it was you, log in, or reset your password if you have "
-                                      "forgotten it. If it was not you, you need not do anything: your account is "
-                                      "unchanged.",
-                                      NULL, NULL);
+    const char *verify =
+        crm_auth_mail_payload(req, acc->email, acc->name, "Verify your email address",
+                              "Welcome to crmd. Confirm your email address by opening this link within 24 "
+                              "hours:",
+                              "/verify-email", token);
+    const char *exists =
+        crm_auth_mail_payload(req, acc->email, NULL, "Someone tried to register with your email address",
+                              "Someone just tried to create a crmd account with this email address, which "
+                              "already has one. If it was you, log in, or reset your password if you have "
+                              "forgotten it. If it was not you, you need not do anything: your account is "
+                              "unchanged.",
+                              NULL, NULL);
     if (verify == NULL || exists == NULL) {
         /* Every input was validated before: a mail that does not compose is this server's fault (logged). */
         crm_http_respond_error(req, CRM_E_STATE);
@@ -189,7 +145,8 @@ static void register_store(crm_http_req_t *req)
                             crm_auth_client_ip(req, ip, sizeof(ip)),
                             crm_auth_user_agent(req),
                             req->request_id};
-    submit(req, crm_auth_of(req)->stmt.register_, 11, values, CRM_PG_TX, on_registered);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_TX, NULL, crm_auth_of(req)->stmt.register_, 11, values,
+                           on_registered);
 }
 
 static void on_register(crm_http_req_t *req)
@@ -228,13 +185,9 @@ static void on_register(crm_http_req_t *req)
 
 static void on_email_verified(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     PGresult *r = crm_pg_unit_result(u, 0);
     if (strcmp(PQgetvalue(r, 0, 0), "t") != 0) {
         respond_invalid_token(req);
@@ -265,99 +218,88 @@ static void on_verify_email(crm_http_req_t *req)
     char ip[64];
     const char *values[] = {acc->digest, crm_auth_client_ip(req, ip, sizeof(ip)), crm_auth_user_agent(req),
                             req->request_id};
-    submit(req, crm_auth_of(req)->stmt.verify_email, 4, values, CRM_PG_TX, on_email_verified);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_TX, NULL, crm_auth_of(req)->stmt.verify_email, 4, values,
+                           on_email_verified);
 }
 
 /* ---- resend-verification and password/forgot: always 202 ---- */
 
 static void on_accepted(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     crm_jobs_wake(crm_api_app(req)->jobs);
     crm_http_respond_json(req, 202, json_pack("{s:s}", "status", "accepted"));
 }
 
-/* Reads {email}; a syntactically impossible address is answered 202 at once (there is no such account). Returns
- * the normalised address, or NULL when answered. */
-static const char *read_email_body(crm_http_req_t *req)
+/* A mail with a fresh single-use token, asked for by address (the SQL function decides whether it goes). */
+typedef struct st_token_mail_t {
+    const char *email, *mail;
+    char digest[CRM_AUTH_DIGEST_PARAM_LEN + 1];
+} token_mail_t;
+
+/* Reads {email} and composes the mail with a new token's link into *t. Returns 0 when the request has been
+ * answered: 202 at once for an address that cannot exist (there is no such account), 500 when composing fails. */
+static int token_mail_request(crm_http_req_t *req, const char *subject, const char *intro, const char *path,
+                              token_mail_t *t)
 {
-    char *email = NULL;
+    char *email = NULL, token[CRM_AUTH_TOKEN_LEN + 1];
     const crm_api_field_t fields[] = {{"email", 1, 1, 320, (const char **)&email}};
     if (!crm_api_read_body(req, fields, 1))
-        return NULL;
-    const char *normalized = crm_auth_normalize_email(email);
-    if (normalized == NULL)
+        return 0;
+    if ((t->email = crm_auth_normalize_email(email)) == NULL) {
         crm_http_respond_json(req, 202, json_pack("{s:s}", "status", "accepted"));
-    return normalized;
+        return 0;
+    }
+    if (crm_auth_new_token(token, t->digest) != 0 ||
+        (t->mail = crm_auth_mail_payload(req, t->email, NULL, subject, intro, path, token)) == NULL) {
+        crm_http_respond_error(req, CRM_E_STATE);
+        return 0;
+    }
+    return 1;
 }
 
 static void on_resend_verification(crm_http_req_t *req)
 {
-    if (!crm_auth_throttle(req, CRM_AUTH_LIMIT_AUTH))
+    token_mail_t t;
+    if (!crm_auth_throttle(req, CRM_AUTH_LIMIT_AUTH) ||
+        !token_mail_request(req, "Verify your email address",
+                            "Confirm your crmd email address by opening this link within 24 hours:", "/verify-email",
+                            &t))
         return;
-    const char *email = read_email_body(req);
-    if (email == NULL)
-        return;
-    char token[CRM_AUTH_TOKEN_LEN + 1], digest[CRM_AUTH_DIGEST_PARAM_LEN + 1], ttl[16];
-    if (crm_auth_new_token(token, digest) != 0) {
-        crm_http_respond_error(req, CRM_E_IO);
-        return;
-    }
-    const char *mail =
-        mail_payload(req, email, NULL, "Verify your email address",
-                     "Confirm your crmd email address by opening this link within 24 hours:", "/verify-email", token);
-    if (mail == NULL) {
-        crm_http_respond_json(req, 202, json_pack("{s:s}", "status", "accepted"));
-        return;
-    }
+    char ttl[16];
     snprintf(ttl, sizeof(ttl), "%d", CRM_AUTH_VERIFY_TTL_S);
-    const char *values[] = {email, digest, ttl, mail};
-    submit(req, crm_auth_of(req)->stmt.resend, 4, values, CRM_PG_TX, on_accepted);
+    const char *values[] = {t.email, t.digest, ttl, t.mail};
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_TX, NULL, crm_auth_of(req)->stmt.resend, 4, values,
+                           on_accepted);
 }
 
 static void on_password_forgot(crm_http_req_t *req)
 {
-    if (!crm_auth_throttle(req, CRM_AUTH_LIMIT_AUTH))
+    token_mail_t t;
+    if (!crm_auth_throttle(req, CRM_AUTH_LIMIT_AUTH) ||
+        !token_mail_request(req, "Reset your password",
+                            "Someone asked to reset the password of your crmd account. Choose a new one by opening "
+                            "this link within 30 minutes:",
+                            "/reset-password", &t))
         return;
-    const char *email = read_email_body(req);
-    if (email == NULL)
-        return;
-    char token[CRM_AUTH_TOKEN_LEN + 1], digest[CRM_AUTH_DIGEST_PARAM_LEN + 1], ttl[16], ip[64];
-    if (crm_auth_new_token(token, digest) != 0) {
-        crm_http_respond_error(req, CRM_E_IO);
-        return;
-    }
-    const char *mail = mail_payload(req, email, NULL, "Reset your password",
-                                    "Someone asked to reset the password of your crmd account. Choose a new one by "
-                                    "opening this link within 30 minutes:",
-                                    "/reset-password", token);
-    if (mail == NULL) {
-        crm_http_respond_json(req, 202, json_pack("{s:s}", "status", "accepted"));
-        return;
-    }
+    char ttl[16], ip[64];
     snprintf(ttl, sizeof(ttl), "%d", CRM_AUTH_RESET_TTL_S);
     const char *values[] = {
-        email, digest, ttl, mail, crm_auth_client_ip(req, ip, sizeof(ip)), crm_auth_user_agent(req), req->request_id};
-    submit(req, crm_auth_of(req)->stmt.forgot, 7, values, CRM_PG_TX, on_accepted);
+        t.email,        t.digest, ttl, t.mail, crm_auth_client_ip(req, ip, sizeof(ip)), crm_auth_user_agent(req),
+        req->request_id};
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_TX, NULL, crm_auth_of(req)->stmt.forgot, 7, values,
+                           on_accepted);
 }
 
 /* ---- password/reset ---- */
 
 static void on_reset_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     if (strcmp(PQgetvalue(crm_pg_unit_result(u, 0), 0, 0), "t") != 0) {
         respond_invalid_token(req);
         return;
@@ -370,11 +312,12 @@ static void reset_store(crm_http_req_t *req)
 {
     account_t *acc = req->handler_data;
     char ip[64];
-    const char *notice = mail_payload(req, acc->email, NULL, "Your password was changed",
-                                      "The password of your crmd account was just changed and every session was "
-                                      "ended. If this was not you, reset your password at once and contact your "
-                                      "administrator.",
-                                      NULL, NULL);
+    const char *notice =
+        crm_auth_mail_payload(req, acc->email, NULL, "Your password was changed",
+                              "The password of your crmd account was just changed and every session was "
+                              "ended. If this was not you, reset your password at once and contact your "
+                              "administrator.",
+                              NULL, NULL);
     if (notice == NULL) {
         crm_http_respond_error(req, CRM_E_INVAL);
         return;
@@ -382,16 +325,13 @@ static void reset_store(crm_http_req_t *req)
     const char *values[] = {
         acc->digest,    acc->hash, notice, crm_auth_client_ip(req, ip, sizeof(ip)), crm_auth_user_agent(req),
         req->request_id};
-    submit(req, crm_auth_of(req)->stmt.reset, 6, values, CRM_PG_TX, on_reset_done);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_TX, NULL, crm_auth_of(req)->stmt.reset, 6, values,
+                           on_reset_done);
 }
 
 /* A live e-mail token's row (crm.auth_email_token_peek) is in; fills the account state or answers. */
-static int peeked(crm_http_req_t *req, crm_pg_unit_t *u, int err, account_t *acc)
+static int peeked(crm_http_req_t *req, crm_pg_unit_t *u, account_t *acc)
 {
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return 0;
-    }
     PGresult *r = crm_pg_unit_result(u, 0);
     if (PQntuples(r) != 1) {
         respond_invalid_token(req);
@@ -411,11 +351,11 @@ static int peeked(crm_http_req_t *req, crm_pg_unit_t *u, int err, account_t *acc
 
 static void on_reset_peeked(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
     account_t *acc = req->handler_data;
-    if (!peeked(req, u, err, acc))
+    if (!peeked(req, u, acc))
         return;
     if (password_acceptable(req, "new_password", acc->password, acc->email))
         hash_then(req, acc, reset_store);
@@ -424,7 +364,8 @@ static void on_reset_peeked(crm_pg_unit_t *u, int err, void *data)
 static void peek(crm_http_req_t *req, account_t *acc, const char *purpose, crm_pg_unit_cb cb)
 {
     const char *values[] = {acc->digest, purpose};
-    submit(req, crm_auth_of(req)->stmt.token_peek, 2, values, CRM_PG_READ_ONLY, cb);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_READ_ONLY, NULL, crm_auth_of(req)->stmt.token_peek, 2,
+                           values, cb);
 }
 
 static void on_password_reset(crm_http_req_t *req)
@@ -441,13 +382,9 @@ static void on_password_reset(crm_http_req_t *req)
 
 static void on_invitation_accepted(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     PGresult *r = crm_pg_unit_result(u, 0);
     const char *outcome = PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "invalid";
     if (strcmp(outcome, "conflict") == 0) {
@@ -477,7 +414,8 @@ static void accept_store(crm_http_req_t *req)
                             crm_auth_client_ip(req, ip, sizeof(ip)),
                             crm_auth_user_agent(req),
                             req->request_id};
-    submit(req, crm_auth_of(req)->stmt.accept, 7, values, CRM_PG_TX, on_invitation_accepted);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_TX, NULL, crm_auth_of(req)->stmt.accept, 7, values,
+                           on_invitation_accepted);
 }
 
 static void on_existing_verified(int err, int match, int needs_rehash, void *data)
@@ -498,11 +436,11 @@ static void on_existing_verified(int err, int match, int needs_rehash, void *dat
 
 static void on_invitation_peeked(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
     account_t *acc = req->handler_data;
-    if (!peeked(req, u, err, acc))
+    if (!peeked(req, u, acc))
         return;
     if (acc->existing_user != NULL) {
         /* The address already has an account: joining the tenant takes that account's password. */

@@ -159,6 +159,12 @@ void crm_auth_respond_invalid_credentials(crm_http_req_t *req);
  * returns 0. */
 int crm_auth_password_started(crm_http_req_t *req, int err, crm_password_op_t *op);
 
+/* The mail.send payload (JSON, in request memory) of a mail to one address: intro, then, when path is not NULL, the
+ * link <CRMD_PUBLIC_URL><path>?token=<token> (the payload is then marked secret: redacted once sent). NULL when it
+ * does not compose, which is logged: every input was validated before, so that is this server's fault. */
+const char *crm_auth_mail_payload(crm_http_req_t *req, const char *to, const char *name, const char *subject,
+                                  const char *intro, const char *path, const char *token);
+
 /* The request's User-Agent, cut to 512 bytes, in request memory (NULL when absent). */
 const char *crm_auth_user_agent(crm_http_req_t *req);
 

@@ -70,13 +70,9 @@ static void start_rehash(crm_app_t *app, const login_t *l)
 
 static void on_finished(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     login_t *l = req->handler_data;
     PGresult *r = crm_pg_unit_result(u, 0);
     const char *outcome = PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "invalid";
@@ -121,13 +117,7 @@ static void finish(crm_http_req_t *req, login_t *l)
                             crm_auth_client_ip(req, ip, sizeof(ip)),
                             crm_auth_user_agent(req),
                             req->request_id};
-    crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_TX);
-    if (u == NULL || crm_pg_unit_add(u, a->stmt.login_finish, 10, values, NULL) < 0) {
-        crm_pg_unit_free(u);
-        crm_http_respond_error(req, CRM_E_NOMEM);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_finished);
+    crm_http_pg_submit_one(req, a->app->pool, CRM_PG_TX, NULL, a->stmt.login_finish, 10, values, on_finished);
 }
 
 static void on_verified(int err, int match, int needs_rehash, void *data)
@@ -170,13 +160,9 @@ static void verify(crm_http_req_t *req, login_t *l)
 
 static void on_looked_up(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     login_t *l = req->handler_data;
     PGresult *r = crm_pg_unit_result(u, 0);
     if (PQntuples(r) == 1) {
@@ -225,13 +211,8 @@ static void on_login(crm_http_req_t *req)
         crm_auth_password_started(req, CRM_E_QUEUE_FULL, NULL);
         return;
     }
-    crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_READ_ONLY);
-    if (u == NULL || crm_pg_unit_add(u, a->stmt.login_lookup, 1, (const char *[]){l->email}, NULL) < 0) {
-        crm_pg_unit_free(u);
-        crm_http_respond_error(req, CRM_E_NOMEM);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_looked_up);
+    crm_http_pg_submit_one(req, a->app->pool, CRM_PG_READ_ONLY, NULL, a->stmt.login_lookup, 1,
+                           (const char *[]){l->email}, on_looked_up);
 }
 
 /* ---- refresh ---- */
@@ -248,13 +229,9 @@ static void respond_invalid_token(crm_http_req_t *req)
 
 static void on_refreshed(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     refresh_t *rf = req->handler_data;
     crm_auth_t *a = crm_auth_of(req);
     PGresult *r = crm_pg_unit_result(u, 0);
@@ -309,26 +286,16 @@ static void on_refresh(crm_http_req_t *req)
     const char *values[] = {
         digest,         child_digest, idle, grace, crm_auth_client_ip(req, ip, sizeof(ip)), crm_auth_user_agent(req),
         req->request_id};
-    crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_TX);
-    if (u == NULL || crm_pg_unit_add(u, a->stmt.refresh, 7, values, NULL) < 0) {
-        crm_pg_unit_free(u);
-        crm_http_respond_error(req, CRM_E_NOMEM);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_refreshed);
+    crm_http_pg_submit_one(req, a->app->pool, CRM_PG_TX, NULL, a->stmt.refresh, 7, values, on_refreshed);
 }
 
 /* ---- logout ---- */
 
 static void on_logged_out(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     crm_http_respond(req, 204, NULL, NULL, 0);
 }
 
@@ -342,13 +309,7 @@ static void on_logout(crm_http_req_t *req)
         return;
     char ip[64];
     const char *values[] = {digest, crm_auth_client_ip(req, ip, sizeof(ip)), crm_auth_user_agent(req), req->request_id};
-    crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_TX);
-    if (u == NULL || crm_pg_unit_add(u, a->stmt.logout, 4, values, NULL) < 0) {
-        crm_pg_unit_free(u);
-        crm_http_respond_error(req, CRM_E_NOMEM);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_logged_out);
+    crm_http_pg_submit_one(req, a->app->pool, CRM_PG_TX, NULL, a->stmt.logout, 4, values, on_logged_out);
 }
 
 static void on_logout_all_authorized(crm_http_req_t *req, const crm_principal_t *who)
@@ -357,15 +318,9 @@ static void on_logout_all_authorized(crm_http_req_t *req, const crm_principal_t 
     char ip[64];
     const char *values[] = {who->user_id, who->tenant_id, crm_auth_client_ip(req, ip, sizeof(ip)),
                             crm_auth_user_agent(req), req->request_id};
-    crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_TX);
-    if (u == NULL || crm_pg_unit_add(u, a->stmt.logout_all, 5, values, NULL) < 0) {
-        crm_pg_unit_free(u);
-        crm_http_respond_error(req, CRM_E_NOMEM);
-        return;
-    }
     /* This process stops accepting the user's older access tokens at once, others within CRMD_AUTH_CACHE_MS. */
     crm_auth_forget(a, who->user_id);
-    crm_http_pg_submit(req, u, on_logged_out);
+    crm_http_pg_submit_one(req, a->app->pool, CRM_PG_TX, NULL, a->stmt.logout_all, 5, values, on_logged_out);
 }
 
 static void on_logout_all(crm_http_req_t *req)

@@ -17,6 +17,7 @@
 #include "err.h"
 #include "http_pg.h"
 #include "log.h"
+#include "mailer/mailer.h"
 #include "mail/address.h"
 #include "rand.h"
 
@@ -440,13 +441,9 @@ static void permissions_of(const char *array, char *out, size_t cap)
 
 static void on_principal(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     crm_auth_t *a = crm_auth_of(req);
     require_t *r = req->handler_data;
     PGresult *res = crm_pg_unit_result(u, 0);
@@ -515,14 +512,8 @@ void crm_auth_require(crm_http_req_t *req, const char *permission, crm_auth_cont
         return;
     }
     a->stats.cache_misses++;
-    crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_READ_ONLY);
-    if (u == NULL ||
-        crm_pg_unit_add(u, a->stmt.principal, 2, (const char *[]){r->who.user_id, r->who.tenant_id}, NULL) < 0) {
-        crm_pg_unit_free(u);
-        crm_http_respond_error(req, CRM_E_NOMEM);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_principal);
+    crm_http_pg_submit_one(req, a->app->pool, CRM_PG_READ_ONLY, NULL, a->stmt.principal, 2,
+                           (const char *[]){r->who.user_id, r->who.tenant_id}, on_principal);
 }
 
 void crm_auth_forget(crm_auth_t *a, const char *user_id)
@@ -615,6 +606,33 @@ void crm_auth_respond_invalid_credentials(crm_http_req_t *req)
 }
 
 /* ---- small request helpers ---- */
+
+const char *crm_auth_mail_payload(crm_http_req_t *req, const char *to, const char *name, const char *subject,
+                                  const char *intro, const char *path, const char *token)
+{
+    crm_app_t *app = crm_api_app(req);
+    char text[2048];
+    if (path != NULL)
+        snprintf(text, sizeof(text), "%s\n\n%s%s?token=%s\n\nIf you did not ask for this, ignore this mail.\n", intro,
+                 app->config->public_url, path, token);
+    else
+        snprintf(text, sizeof(text), "%s\n", intro);
+    crm_mail_mailbox_t box = {to, name};
+    crm_app_mail_t m = {.to = &box, .to_count = 1, .subject = subject, .text = text, .secret = token != NULL};
+    char *json = NULL;
+    int err = crm_app_mail_payload(app, &m, &json);
+    if (err != 0) {
+        crm_log(CRM_LOG_ERROR, "auth.mail_compose_failed", CRM_LOG_STR("request_id", req->request_id),
+                CRM_LOG_STR("error", crm_err_str(err)));
+        return NULL;
+    }
+    /* Request memory keeps it until the request ends (the unit copies its parameters anyway). */
+    size_t len = strlen(json);
+    char *copy = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
+    memcpy(copy, json, len + 1);
+    free(json);
+    return copy;
+}
 
 static void cancel_password_op(void *op)
 {

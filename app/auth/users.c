@@ -17,7 +17,6 @@
  * repeated across pages.
  */
 #include <jansson.h>
-#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +25,6 @@
 #include "auth/auth.h"
 #include "err.h"
 #include "http_pg.h"
-#include "mailer/mailer.h"
 
 #define LIST_DEFAULT 50
 #define LIST_MAX     200
@@ -148,25 +146,6 @@ static char *lower_dup(crm_http_req_t *req, const char *s)
     return out;
 }
 
-/* A unit of work in who's tenant; NULL when out of memory, with the request answered. */
-static crm_pg_unit_t *tenant_unit(crm_http_req_t *req, const crm_principal_t *who, unsigned flags)
-{
-    crm_pg_unit_t *u = crm_pg_unit_new(crm_api_app(req)->pool, flags);
-    if (u == NULL || crm_pg_unit_set_tenant(u, who->tenant_id) != 0) {
-        crm_pg_unit_free(u);
-        crm_http_respond_error(req, CRM_E_NOMEM);
-        return NULL;
-    }
-    return u;
-}
-
-/* A statement could not be added (out of memory; the parameters are bounded by the body limit): nothing was sent. */
-static void unit_failed(crm_http_req_t *req, crm_pg_unit_t *u, int err)
-{
-    crm_pg_unit_free(u);
-    crm_http_respond_error(req, err == CRM_E_NOMEM ? CRM_E_NOMEM : CRM_E_STATE);
-}
-
 /* A role name as the roles table allows it (^[a-z][a-z_]{0,31}$); anything else cannot be a known role. */
 static int role_shaped(const char *s)
 {
@@ -244,13 +223,9 @@ static json_t *user_json(PGresult *r, int row)
 
 static void on_me_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     users_req_t *st = req->handler_data;
     PGresult *r = crm_pg_unit_result(u, 0);
     if (PQntuples(r) != 1) {
@@ -274,15 +249,8 @@ static void on_me_done(crm_pg_unit_t *u, int err, void *data)
 static void on_me_authorized(crm_http_req_t *req, const crm_principal_t *who)
 {
     state_of(req, who);
-    crm_pg_unit_t *u = tenant_unit(req, who, CRM_PG_READ_ONLY);
-    if (u == NULL)
-        return;
-    int err = crm_pg_unit_add(u, crm_auth_of(req)->stmt.me, 2, (const char *[]){who->user_id, who->tenant_id}, NULL);
-    if (err < 0) {
-        unit_failed(req, u, err);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_me_done);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_READ_ONLY, who->tenant_id, crm_auth_of(req)->stmt.me, 2,
+                           (const char *[]){who->user_id, who->tenant_id}, on_me_done);
 }
 
 static void on_me(crm_http_req_t *req)
@@ -342,17 +310,9 @@ static void on_users_authorized(crm_http_req_t *req, const crm_principal_t *who)
     }
     char limit[24];
     snprintf(limit, sizeof(limit), "%lld", st->limit + 1);
-    crm_pg_unit_t *u = tenant_unit(req, who, CRM_PG_READ_ONLY);
-    if (u == NULL)
-        return;
     crm_auth_t *a = crm_auth_of(req);
-    int err = crm_pg_unit_add(u, a->stmt.users_list, 3,
-                              (const char *[]){after_id != NULL ? after_at : NULL, after_id, limit}, NULL);
-    if (err < 0) {
-        unit_failed(req, u, err);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_users_done);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_READ_ONLY, who->tenant_id, a->stmt.users_list, 3,
+                           (const char *[]){after_id != NULL ? after_at : NULL, after_id, limit}, on_users_done);
 }
 
 static void on_users(crm_http_req_t *req)
@@ -364,13 +324,9 @@ static void on_users(crm_http_req_t *req)
 
 static void on_user_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     PGresult *r = crm_pg_unit_result(u, 0);
     if (PQntuples(r) != 1) {
         respond_not_found(req);
@@ -386,15 +342,8 @@ static void on_user_authorized(crm_http_req_t *req, const crm_principal_t *who)
         respond_not_found(req);
         return;
     }
-    crm_pg_unit_t *u = tenant_unit(req, who, CRM_PG_READ_ONLY);
-    if (u == NULL)
-        return;
-    int err = crm_pg_unit_add(u, crm_auth_of(req)->stmt.user_get, 1, (const char *[]){req->params[0].base}, NULL);
-    if (err < 0) {
-        unit_failed(req, u, err);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_user_done);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_READ_ONLY, who->tenant_id,
+                           crm_auth_of(req)->stmt.user_get, 1, (const char *[]){req->params[0].base}, on_user_done);
 }
 
 static void on_user(crm_http_req_t *req)
@@ -406,13 +355,9 @@ static void on_user(crm_http_req_t *req)
 
 static void on_patch_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     users_req_t *st = req->handler_data;
     PGresult *r = crm_pg_unit_result(u, 0);
     const char *outcome = PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "";
@@ -474,18 +419,17 @@ static void on_patch_authorized(crm_http_req_t *req, const crm_principal_t *who)
 
     char ip[64];
     const char *client_ip = crm_auth_client_ip(req, ip, sizeof(ip));
-    crm_pg_unit_t *u = tenant_unit(req, who, CRM_PG_TX);
-    if (u == NULL)
-        return;
+    /* Two statements, one transaction: the answer shows the member as the change left it. */
     crm_auth_t *a = crm_auth_of(req);
-    int err = crm_pg_unit_add(
-        u, a->stmt.update_member, 7,
-        (const char *[]){who->user_id, st->user_id, role, status, client_ip, crm_auth_user_agent(req), req->request_id},
-        NULL);
-    if (err >= 0)
-        err = crm_pg_unit_add(u, a->stmt.user_get, 1, (const char *[]){st->user_id}, NULL);
-    if (err < 0) {
-        unit_failed(req, u, err);
+    crm_pg_unit_t *u = crm_pg_unit_new(a->app->pool, CRM_PG_TX);
+    if (u == NULL || crm_pg_unit_set_tenant(u, who->tenant_id) != 0 ||
+        crm_pg_unit_add(u, a->stmt.update_member, 7,
+                        (const char *[]){who->user_id, st->user_id, role, status, client_ip, crm_auth_user_agent(req),
+                                         req->request_id},
+                        NULL) < 0 ||
+        crm_pg_unit_add(u, a->stmt.user_get, 1, (const char *[]){st->user_id}, NULL) < 0) {
+        crm_pg_unit_free(u);
+        crm_http_respond_error(req, CRM_E_NOMEM);
         return;
     }
     crm_http_pg_submit(req, u, on_patch_done);
@@ -500,13 +444,9 @@ static void on_patch(crm_http_req_t *req)
 
 static void on_invite_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     users_req_t *st = req->handler_data;
     PGresult *r = crm_pg_unit_result(u, 0);
     const char *outcome = PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "";
@@ -538,57 +478,13 @@ static char *one_line(crm_http_req_t *req, const char *s)
     return out;
 }
 
-/* The invitation mail for st->email as a mail.send job payload (malloc'd JSON) in *payload. The text holds the token:
- * it is wiped before it is freed, and the caller wipes the payload likewise. */
-static int invitation_payload(crm_app_t *app, const users_req_t *st, const char *tenant, const char *inviter,
-                              const char *token, char **payload)
-{
-    const char *base = app->config->public_url != NULL ? app->config->public_url : "";
-    size_t base_len = strlen(base);
-    while (base_len > 0 && base[base_len - 1] == '/')
-        --base_len;
-    char *subject = NULL, *text = NULL;
-    int err = CRM_E_NOMEM;
-    *payload = NULL;
-    if (asprintf(&subject, "You are invited to %s", tenant) < 0) {
-        subject = NULL;
-        goto out;
-    }
-    if (asprintf(&text,
-                 "%s has invited you to join %s.\n"
-                 "\n"
-                 "To accept the invitation, open this link within 7 days:\n"
-                 "\n"
-                 "%.*s/accept-invitation?token=%s\n"
-                 "\n"
-                 "If you did not expect this invitation, you can ignore this message.\n",
-                 inviter, tenant, (int)base_len, base, token) < 0) {
-        text = NULL;
-        goto out;
-    }
-    crm_mail_mailbox_t to = {.addr = st->email, .name = NULL};
-    crm_app_mail_t m = {.to = &to, .to_count = 1, .subject = subject, .text = text, .secret = 1};
-    err = crm_app_mail_payload(app, &m, payload);
-
-out:
-    if (text != NULL)
-        OPENSSL_cleanse(text, strlen(text));
-    free(text);
-    free(subject);
-    return err;
-}
-
 /* The tenant's name is known: composes the mail with a new token and submits the invitation. The token exists only
  * on this stack and in the mail, both wiped before returning; the database keeps its digest. */
 static void on_invite_tenant(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     users_req_t *st = req->handler_data;
     PGresult *r = crm_pg_unit_result(u, 0);
     if (PQntuples(r) != 1) {
@@ -598,34 +494,24 @@ static void on_invite_tenant(crm_pg_unit_t *u, int err, void *data)
     const char *tenant = one_line(req, PQgetvalue(r, 0, ME_TENANT_NAME));
     const char *inviter = one_line(req, PQgetvalue(r, 0, ME_NAME));
 
-    char token[CRM_AUTH_TOKEN_LEN + 1], digest[CRM_AUTH_DIGEST_PARAM_LEN + 1], *payload = NULL;
-    if ((err = crm_auth_new_token(token, digest)) == 0)
-        err = invitation_payload(crm_api_app(req), st, tenant, inviter, token, &payload);
-    OPENSSL_cleanse(token, sizeof(token));
-    if (err != 0) {
-        if (err == CRM_E_INVAL) /* the address does not compose into a mail */
-            crm_api_invalid(req, "email", "must be a valid email address");
-        else
-            crm_http_respond_error(req, err);
+    char token[CRM_AUTH_TOKEN_LEN + 1], digest[CRM_AUTH_DIGEST_PARAM_LEN + 1], subject[1100], intro[2200];
+    snprintf(subject, sizeof(subject), "You are invited to %s", tenant);
+    snprintf(intro, sizeof(intro),
+             "%s has invited you to join %s on crmd. To accept, open this link within 7 days:", inviter, tenant);
+    const char *payload = NULL;
+    if (crm_auth_new_token(token, digest) != 0 ||
+        (payload = crm_auth_mail_payload(req, st->email, NULL, subject, intro, "/accept-invitation", token)) == NULL) {
+        crm_http_respond_error(req, CRM_E_STATE);
         return;
     }
 
     char ip[64], ttl[16];
     const char *client_ip = crm_auth_client_ip(req, ip, sizeof(ip));
     snprintf(ttl, sizeof(ttl), "%d", CRM_AUTH_INVITE_TTL_S);
-    crm_pg_unit_t *invite = tenant_unit(req, st->who, 0);
-    if (invite != NULL) {
-        err = crm_pg_unit_add(invite, crm_auth_of(req)->stmt.invite, 9,
-                              (const char *[]){st->who->user_id, st->email, st->role, digest, ttl, payload, client_ip,
-                                               crm_auth_user_agent(req), req->request_id},
-                              NULL);
-        if (err < 0)
-            unit_failed(req, invite, err);
-        else
-            crm_http_pg_submit(req, invite, on_invite_done);
-    }
-    OPENSSL_cleanse(payload, strlen(payload));
-    free(payload);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, 0, st->who->tenant_id, crm_auth_of(req)->stmt.invite, 9,
+                           (const char *[]){st->who->user_id, st->email, st->role, digest, ttl, payload, client_ip,
+                                            crm_auth_user_agent(req), req->request_id},
+                           on_invite_done);
 }
 
 static void on_invite_authorized(crm_http_req_t *req, const crm_principal_t *who)
@@ -654,15 +540,8 @@ static void on_invite_authorized(crm_http_req_t *req, const crm_principal_t *who
     st->role = role;
 
     /* The mail's subject names the tenant: read it first, then compose and submit the invitation. */
-    crm_pg_unit_t *u = tenant_unit(req, who, CRM_PG_READ_ONLY);
-    if (u == NULL)
-        return;
-    int err = crm_pg_unit_add(u, crm_auth_of(req)->stmt.me, 2, (const char *[]){who->user_id, who->tenant_id}, NULL);
-    if (err < 0) {
-        unit_failed(req, u, err);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_invite_tenant);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_READ_ONLY, who->tenant_id, crm_auth_of(req)->stmt.me, 2,
+                           (const char *[]){who->user_id, who->tenant_id}, on_invite_tenant);
 }
 
 static void on_invite(crm_http_req_t *req)
@@ -755,18 +634,11 @@ static void on_audit_authorized(crm_http_req_t *req, const crm_principal_t *who)
     }
     char limit[24];
     snprintf(limit, sizeof(limit), "%lld", st->limit + 1);
-    crm_pg_unit_t *u = tenant_unit(req, who, CRM_PG_READ_ONLY);
-    if (u == NULL)
-        return;
-    int err = crm_pg_unit_add(u, crm_auth_of(req)->stmt.audit_list, 5,
-                              (const char *[]){action, actor != NULL ? lower_dup(req, actor) : NULL,
-                                               since != NULL ? since_ts : NULL, has_before ? before : NULL, limit},
-                              NULL);
-    if (err < 0) {
-        unit_failed(req, u, err);
-        return;
-    }
-    crm_http_pg_submit(req, u, on_audit_done);
+    crm_http_pg_submit_one(req, crm_api_app(req)->pool, CRM_PG_READ_ONLY, who->tenant_id,
+                           crm_auth_of(req)->stmt.audit_list, 5,
+                           (const char *[]){action, actor != NULL ? lower_dup(req, actor) : NULL,
+                                            since != NULL ? since_ts : NULL, has_before ? before : NULL, limit},
+                           on_audit_done);
 }
 
 static void on_audit(crm_http_req_t *req)

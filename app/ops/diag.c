@@ -41,13 +41,9 @@
 
 static void on_echo_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     PGresult *r = crm_pg_unit_result(u, 0);
     crm_http_respond_json(req, 200, json_pack("{s:I}", "value", (json_int_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10)));
 }
@@ -74,13 +70,9 @@ static void on_echo(crm_http_req_t *req)
 
 static void on_sleep_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     crm_http_respond_json(req, 200, json_pack("{s:b}", "slept", 1));
 }
 
@@ -172,13 +164,9 @@ out:
 
 static void on_audit_count_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     PGresult *r = crm_pg_unit_result(u, 0);
     crm_http_respond_json(req, 200, json_pack("{s:I}", "count", (json_int_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10)));
 }
@@ -209,13 +197,9 @@ static void on_audit_count(crm_http_req_t *req)
 
 static void on_jobs_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     json_t *ids = json_array();
     for (size_t i = 1; i < crm_pg_unit_count(u); ++i) {
         PGresult *r = crm_pg_unit_result(u, i);
@@ -280,13 +264,9 @@ out:
 
 static void on_mail_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     crm_jobs_wake(crm_api_app(req)->jobs);
     crm_http_respond_json(
         req, 202,

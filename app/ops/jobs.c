@@ -48,13 +48,9 @@ static json_t *job_json(PGresult *r, int row)
 
 static void on_list_done(crm_pg_unit_t *u, int err, void *data)
 {
-    crm_http_req_t *req = crm_http_pg_resume(data);
+    crm_http_req_t *req = crm_http_pg_result(data, u, err);
     if (req == NULL)
         return;
-    if (err != 0) {
-        crm_http_pg_respond_error(req, u, err);
-        return;
-    }
     PGresult *r = crm_pg_unit_result(u, 0);
     int n = PQntuples(r);
     /* One row more than asked for was fetched: its presence says whether there is a next page. The limit was
