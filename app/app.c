@@ -11,6 +11,7 @@
 #include "err.h"
 #include "log.h"
 #include "auth/auth.h"
+#include "contacts/contacts.h"
 #include "mailer/mailer.h"
 
 #define PREFLIGHT_TIMEOUT_MS 10000
@@ -285,7 +286,7 @@ int crm_app_print_routes(FILE *out)
     int err = crm_router_init(&app.router);
     size_t public_routes = 0;
     if (err == 0 && (err = crm_ops_routes(&app)) == 0 && (err = crm_ops_jobs_routes(&app)) == 0 &&
-        (err = crm_auth_routes(&app)) == 0) {
+        (err = crm_auth_routes(&app)) == 0 && (err = crm_contacts_routes(&app)) == 0) {
         public_routes = crm_router_count(&app.router);
         err = crm_diag_routes(&app);
     }
@@ -339,9 +340,11 @@ int crm_app_run(const crm_config_t *cfg)
         err = build_jobs(&app);
     if (err == 0)
         err = crm_auth_init(&app);
+    if (err == 0)
+        err = crm_contacts_init(&app);
     if (err == 0 && (err = crm_ops_prepare(&app)) == 0 && (err = crm_ops_routes(&app)) == 0 &&
-        (err = crm_ops_jobs_routes(&app)) == 0 && (err = crm_auth_routes(&app)) == 0 && cfg->env == CRM_ENV_TEST &&
-        (err = crm_diag_prepare(&app)) == 0)
+        (err = crm_ops_jobs_routes(&app)) == 0 && (err = crm_auth_routes(&app)) == 0 &&
+        (err = crm_contacts_routes(&app)) == 0 && cfg->env == CRM_ENV_TEST && (err = crm_diag_prepare(&app)) == 0)
         err = crm_diag_routes(&app);
     if (err == 0)
         err = build_http(&app, addr, sizeof(addr));
@@ -382,6 +385,7 @@ int crm_app_run(const crm_config_t *cfg)
     crm_router_dispose(&app.router);
     /* Password operations still on the thread pool come back in the uv_run below; the hasher goes with the last. */
     crm_auth_free(&app);
+    crm_contacts_free(&app);
     /* Let every close callback run; then the loop must close cleanly: a handle left open is a leak. */
     uv_run(&loop, UV_RUN_DEFAULT);
     crm_jobs_free(app.jobs);

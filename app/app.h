@@ -41,9 +41,10 @@ struct st_crm_app_t {
     uv_loop_t *loop;
     crm_pg_pool_t *pool;
     crm_http_server_t *http;
-    crm_httpc_t *httpc;         /* outbound calls: upstreams google-oauth, gmail, stripe, docusign, smtp */
-    crm_jobs_t *jobs;           /* the job queue; its runner claims jobs only with CRMD_JOBS=1 */
-    struct st_crm_auth_t *auth; /* accounts and sessions (app/auth) */
+    crm_httpc_t *httpc;                 /* outbound calls: upstreams google-oauth, gmail, stripe, docusign, smtp */
+    crm_jobs_t *jobs;                   /* the job queue; its runner claims jobs only with CRMD_JOBS=1 */
+    struct st_crm_auth_t *auth;         /* accounts and sessions (app/auth) */
+    struct st_crm_contacts_t *contacts; /* contacts, brands, tags, settings (app/contacts) */
     struct {
         char from_addr[256], from_name[256], domain[256]; /* from CRMD_MAIL_FROM */
         crm_mail_relay_t relay;

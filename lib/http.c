@@ -364,7 +364,19 @@ void crm_http_respond_problem(crm_http_req_t *r, int status, const char *type, c
         json_decref(errors);
         return;
     }
-    json_t *doc = problem_doc(status, type, title, detail, r->request_id, errors);
+    crm_http_respond_problem_doc(r, status, problem_doc(status, type, title, detail, r->request_id, errors));
+}
+
+void crm_http_respond_problem_doc(crm_http_req_t *r, int status, json_t *doc)
+{
+    if (r->h2o == NULL || r->_answered) {
+        json_decref(doc);
+        return;
+    }
+    if (doc != NULL && json_object_set_new(doc, "instance", json_string(r->request_id)) != 0) {
+        json_decref(doc);
+        doc = NULL;
+    }
     h2o_iovec_t b = doc != NULL ? dump_to_pool(&r->h2o->pool, doc) : h2o_iovec_init(NULL, 0);
     json_decref(doc);
     if (b.base == NULL) {

@@ -124,6 +124,10 @@ void crm_http_respond_json(crm_http_req_t *req, int status, json_t *body);
 void crm_http_respond_problem(crm_http_req_t *req, int status, const char *type, const char *title, const char *detail,
                               json_t *errors);
 
+/* Answers a problem document built elsewhere (taken over; NULL answers 500): sets its `instance` to the request id and
+ * sends it as application/problem+json with `status`. For problems composed by the database (app/contacts). */
+void crm_http_respond_problem_doc(crm_http_req_t *req, int status, json_t *doc);
+
 /* Answers the problem that an error kind stands for (crm_err_http_status): 503 with Retry-After for shed load and
  * unavailable dependencies, 504 for deadlines, 500 otherwise (with nothing internal in the body). */
 void crm_http_respond_error(crm_http_req_t *req, int err);

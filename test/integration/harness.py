@@ -135,6 +135,8 @@ def shared_database():
 class Crmd:
     """The real binary, started with a test environment."""
 
+    started = []  # every instance, for run()'s report of a failure
+
     def __init__(self, db, env=None, args=("serve",), wait=True):
         self.db = db
         # crmd sees only the configuration the test gives it: the test's own CRMD_* variables (CRMD_BIN, ...) and
@@ -160,6 +162,7 @@ class Crmd:
             stderr=subprocess.PIPE,
             text=True,
         )
+        Crmd.started.append(self)
         self._err_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._err_thread.start()
         self.host, self.port = None, None
@@ -344,7 +347,18 @@ def run(tests):
     for t in tests:
         t0 = time.monotonic()
         log("-- %s" % t.__name__)
-        t()
+        try:
+            t()
+        except BaseException:
+            # What the servers said last is usually the quickest way to the cause (SQLSTATEs are logged there);
+            # crmd writes its log from a buffer, so give it a moment.
+            time.sleep(0.5)
+            for c in Crmd.started:
+                if c.stderr_lines:
+                    log("   last log lines of crmd pid %s:" % c.proc.pid)
+                    for line in c.stderr_lines[-20:]:
+                        log("     " + line)
+            raise
         log("   ok (%.1fs)" % (time.monotonic() - t0))
 
 
