@@ -192,7 +192,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON crm.tags, crm.contact_tags, crm.custom_f
 -- The tenant's weights, or the defaults when it has set none (the one place the defaults are written).
 CREATE FUNCTION crm.lead_weights(p_tenant uuid) RETURNS crm.lead_scoring
     LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, crm, pg_temp
     AS $$
 DECLARE
     w crm.lead_scoring;
@@ -223,7 +222,6 @@ $$;
 -- Before every write of a contact: the brand's name (for the search document) and the lead score.
 CREATE FUNCTION crm.contacts_derive() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path = pg_catalog, crm, pg_temp
     AS $$
 BEGIN
     IF TG_OP = 'INSERT' OR NEW.brand_id IS DISTINCT FROM OLD.brand_id THEN
@@ -240,7 +238,6 @@ CREATE TRIGGER contacts_derive BEFORE INSERT OR UPDATE ON crm.contacts
 -- A renamed brand renames itself in its contacts' search documents.
 CREATE FUNCTION crm.brands_renamed() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path = pg_catalog, crm, pg_temp
     AS $$
 BEGIN
     UPDATE crm.contacts SET brand_name = NEW.name WHERE tenant_id = NEW.tenant_id AND brand_id = NEW.brand_id;
@@ -253,7 +250,6 @@ CREATE TRIGGER brands_renamed AFTER UPDATE OF name ON crm.brands
 -- Tags added or removed (by any statement, one row or a thousand) rewrite the contacts' tag_text once each.
 CREATE FUNCTION crm.contact_tags_changed() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path = pg_catalog, crm, pg_temp
     AS $$
 BEGIN
     UPDATE crm.contacts c
@@ -374,17 +370,23 @@ CREATE FUNCTION crm.not_found(p_what text) RETURNS crm.op_result
     LANGUAGE sql IMMUTABLE
     AS $$ SELECT crm.op_problem(404, 'not-found', 'Not found', 'No ' || p_what || ' of this tenant has this id.') $$;
 
--- An audit row for the request being served (crm.api_write sets the actor and request context).
+-- An audit row for the request being served (crm.api_write sets the actor and request context). PL/pgSQL, not SQL:
+-- a LANGUAGE sql function that cannot be inlined is planned again on every call, and bulk operations call this
+-- once per item.
 CREATE FUNCTION crm.audit(p_action text, p_target_type text, p_target_id uuid, p_meta jsonb DEFAULT '{}')
     RETURNS void
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
-INSERT INTO crm.audit_log (tenant_id, actor_type, actor_id, action, target_type, target_id, ip, user_agent, request_id,
-                           metadata)
-VALUES (crm.current_tenant(), CASE WHEN current_setting('crm.actor', true) <> '' THEN 'user' ELSE 'system' END,
-        nullif(current_setting('crm.actor', true), ''), p_action, p_target_type, p_target_id::text,
-        nullif(current_setting('crm.ip', true), '')::inet, nullif(current_setting('crm.ua', true), ''),
-        nullif(current_setting('crm.rid', true), ''), coalesce(p_meta, '{}'))
+DECLARE
+    v_actor text := nullif(current_setting('crm.actor', true), '');
+BEGIN
+    INSERT INTO crm.audit_log (tenant_id, actor_type, actor_id, action, target_type, target_id, ip, user_agent,
+                               request_id, metadata)
+    VALUES (crm.current_tenant(), CASE WHEN v_actor IS NULL THEN 'system' ELSE 'user' END, v_actor, p_action,
+            p_target_type, p_target_id::text, nullif(current_setting('crm.ip', true), '')::inet,
+            nullif(current_setting('crm.ua', true), ''), nullif(current_setting('crm.rid', true), ''),
+            coalesce(p_meta, '{}'));
+END
 $$;
 
 -- JSON of a string member: NULL when acceptable, else the message. Lengths are in characters.
@@ -679,10 +681,12 @@ $$;
 
 -- The live contact with this address other than p_except, if any.
 CREATE FUNCTION crm.contact_with_email(p_email text, p_except uuid) RETURNS uuid
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-SELECT contact_id FROM crm.contacts
-WHERE tenant_id = crm.current_tenant() AND email = p_email AND deleted_at IS NULL AND contact_id <> p_except
+BEGIN
+    RETURN (SELECT contact_id FROM crm.contacts
+            WHERE tenant_id = crm.current_tenant() AND email = p_email AND deleted_at IS NULL AND contact_id <> p_except);
+END
 $$;
 
 CREATE FUNCTION crm.duplicate_contact(p_existing uuid) RETURNS crm.op_result
@@ -691,6 +695,9 @@ CREATE FUNCTION crm.duplicate_contact(p_existing uuid) RETURNS crm.op_result
 SELECT crm.op_problem(409, 'duplicate', 'Duplicate', 'A live contact of this tenant already has this e-mail address.',
                       jsonb_build_object('existing_id', p_existing))
 $$;
+
+-- Look-ups of one row by id name no other condition, deleted_at included: with statistics of an empty or young table
+-- the planner would otherwise take the partial live-email index and scan the whole tenant for the id.
 
 -- Applies a JSON merge patch (RFC 7396) to a live contact: 200 (also when nothing changes: no new version), 400,
 -- 404, 409 (address of another live contact) or 412 (If-Match). The audit row names the changed fields and, for
@@ -710,8 +717,8 @@ BEGIN
         RETURN ROW(400, NULL::uuid, NULL::integer, crm.invalid(e));
     END IF;
     SELECT * INTO o FROM crm.contacts
-    WHERE tenant_id = crm.current_tenant() AND contact_id = p_id AND deleted_at IS NULL FOR UPDATE;
-    IF NOT FOUND THEN
+    WHERE tenant_id = crm.current_tenant() AND contact_id = p_id FOR UPDATE;
+    IF NOT FOUND OR o.deleted_at IS NOT NULL THEN
         RETURN crm.not_found('contact');
     END IF;
     IF NOT crm.if_match(p_if_match, o.version) THEN
@@ -734,22 +741,24 @@ BEGIN
     IF p ? 'lifecycle_stage' THEN n.lifecycle_stage := p ->> 'lifecycle_stage'; END IF;
     IF p ? 'last_activity_at' THEN n.last_activity_at := crm.rfc3339(p ->> 'last_activity_at'); END IF;
     IF p ? 'custom_fields' THEN n.custom_fields := jsonb_strip_nulls(o.custom_fields || (p -> 'custom_fields')); END IF;
-    v_changed := ARRAY(
-        SELECT f FROM (VALUES ('email', o.email IS DISTINCT FROM n.email),
-                              ('first_name', o.first_name IS DISTINCT FROM n.first_name),
-                              ('last_name', o.last_name IS DISTINCT FROM n.last_name),
-                              ('display_name', o.display_name IS DISTINCT FROM n.display_name),
-                              ('phone', o.phone IS DISTINCT FROM n.phone),
-                              ('title', o.title IS DISTINCT FROM n.title),
-                              ('brand_id', o.brand_id IS DISTINCT FROM n.brand_id),
-                              ('owner_id', o.owner_id IS DISTINCT FROM n.owner_id),
-                              ('lifecycle_stage', o.lifecycle_stage IS DISTINCT FROM n.lifecycle_stage),
-                              ('last_activity_at', o.last_activity_at IS DISTINCT FROM n.last_activity_at)) x (f, d)
-        WHERE d
-        UNION ALL
-        SELECT 'custom_fields.' || coalesce(a.key, b.key)
-        FROM jsonb_each(o.custom_fields) a FULL JOIN jsonb_each(n.custom_fields) b ON a.key = b.key
-        WHERE a.value IS DISTINCT FROM b.value);
+    -- Plain expressions, not a query: this runs once per item of a bulk update.
+    v_changed := array_remove(ARRAY[
+        CASE WHEN o.email IS DISTINCT FROM n.email THEN 'email' END,
+        CASE WHEN o.first_name IS DISTINCT FROM n.first_name THEN 'first_name' END,
+        CASE WHEN o.last_name IS DISTINCT FROM n.last_name THEN 'last_name' END,
+        CASE WHEN o.display_name IS DISTINCT FROM n.display_name THEN 'display_name' END,
+        CASE WHEN o.phone IS DISTINCT FROM n.phone THEN 'phone' END,
+        CASE WHEN o.title IS DISTINCT FROM n.title THEN 'title' END,
+        CASE WHEN o.brand_id IS DISTINCT FROM n.brand_id THEN 'brand_id' END,
+        CASE WHEN o.owner_id IS DISTINCT FROM n.owner_id THEN 'owner_id' END,
+        CASE WHEN o.lifecycle_stage IS DISTINCT FROM n.lifecycle_stage THEN 'lifecycle_stage' END,
+        CASE WHEN o.last_activity_at IS DISTINCT FROM n.last_activity_at THEN 'last_activity_at' END], NULL);
+    IF o.custom_fields <> n.custom_fields THEN
+        v_changed := v_changed || ARRAY(
+            SELECT 'custom_fields.' || coalesce(a.key, b.key)
+            FROM jsonb_each(o.custom_fields) a FULL JOIN jsonb_each(n.custom_fields) b ON a.key = b.key
+            WHERE a.value IS DISTINCT FROM b.value ORDER BY 1);
+    END IF;
     IF cardinality(v_changed) = 0 THEN
         RETURN ROW(200, o.contact_id, o.version, NULL::jsonb);
     END IF;
@@ -777,8 +786,8 @@ DECLARE
     o crm.contacts;
 BEGIN
     SELECT * INTO o FROM crm.contacts
-    WHERE tenant_id = crm.current_tenant() AND contact_id = p_id AND deleted_at IS NULL FOR UPDATE;
-    IF NOT FOUND THEN
+    WHERE tenant_id = crm.current_tenant() AND contact_id = p_id FOR UPDATE;
+    IF NOT FOUND OR o.deleted_at IS NOT NULL THEN
         RETURN crm.not_found('contact');
     END IF;
     IF NOT crm.if_match(p_if_match, o.version) THEN
@@ -827,15 +836,16 @@ CREATE FUNCTION crm.contact_tag(p_id uuid, p_tag text, p_add boolean, p_field te
 DECLARE
     v_name text := crm.tag_name(p_tag);
     v_version integer;
+    v_deleted timestamptz;
     n integer;
 BEGIN
     IF v_name IS NULL THEN
         RETURN ROW(400, NULL::uuid, NULL::integer, crm.invalid(crm.ferr(p_field,
                    'must be a tag name (1 to 64 characters, no control characters or commas)')));
     END IF;
-    SELECT version INTO v_version FROM crm.contacts
-    WHERE tenant_id = crm.current_tenant() AND contact_id = p_id AND deleted_at IS NULL FOR UPDATE;
-    IF NOT FOUND THEN
+    SELECT version, deleted_at INTO v_version, v_deleted FROM crm.contacts
+    WHERE tenant_id = crm.current_tenant() AND contact_id = p_id FOR UPDATE;
+    IF NOT FOUND OR v_deleted IS NOT NULL THEN
         RETURN crm.not_found('contact');
     END IF;
     IF p_add THEN
@@ -921,6 +931,16 @@ BEGIN
     END IF;
 
     v_n := jsonb_array_length(v_list);
+    -- Lock the batch's contacts up front in id order: two batches touching the same contacts in different orders
+    -- then wait for each other instead of deadlocking.
+    IF v_op <> 'create' THEN
+        PERFORM FROM crm.contacts c
+        WHERE c.tenant_id = crm.current_tenant()
+          AND c.contact_id = ANY (ARRAY(SELECT (CASE WHEN v_op = 'update' THEN x ->> 'id' ELSE x #>> '{}' END)::uuid
+                                        FROM jsonb_array_elements(v_list) x
+                                        WHERE crm.is_uuid(CASE WHEN v_op = 'update' THEN x ->> 'id' ELSE x #>> '{}' END)))
+        ORDER BY c.contact_id FOR UPDATE;
+    END IF;
     BEGIN
         FOR i IN 0 .. v_n - 1 LOOP
             v_item := v_list -> i;
@@ -1089,8 +1109,8 @@ BEGIN
         RETURN ROW(400, NULL::uuid, NULL::integer, crm.invalid(e));
     END IF;
     SELECT * INTO o FROM crm.brands
-    WHERE tenant_id = crm.current_tenant() AND brand_id = p_id AND deleted_at IS NULL FOR UPDATE;
-    IF NOT FOUND THEN
+    WHERE tenant_id = crm.current_tenant() AND brand_id = p_id FOR UPDATE;
+    IF NOT FOUND OR o.deleted_at IS NOT NULL THEN
         RETURN crm.not_found('brand');
     END IF;
     IF NOT crm.if_match(p_if_match, o.version) THEN
@@ -1131,8 +1151,8 @@ DECLARE
     o crm.brands;
 BEGIN
     SELECT * INTO o FROM crm.brands
-    WHERE tenant_id = crm.current_tenant() AND brand_id = p_id AND deleted_at IS NULL FOR UPDATE;
-    IF NOT FOUND THEN
+    WHERE tenant_id = crm.current_tenant() AND brand_id = p_id FOR UPDATE;
+    IF NOT FOUND OR o.deleted_at IS NOT NULL THEN
         RETURN crm.not_found('brand');
     END IF;
     IF NOT crm.if_match(p_if_match, o.version) THEN
@@ -1433,13 +1453,17 @@ BEGIN
         -- Every word of q as a prefix (words split as the search document splits them), or q as a substring.
         v_tsq := to_tsquery('simple', (SELECT string_agg(quote_literal(w) || ':*', ' & ')
                                        FROM regexp_split_to_table(lower(v_q), '[^[:alnum:]]+') w WHERE w <> ''));
-        v_like := '%' || replace(replace(replace(lower(v_q), '\', '\\'), '%', '\%'), '_', '\_') || '%';
+        -- Trigrams need three characters; a shorter q is matched as word prefixes only (the index serves both).
+        IF char_length(v_q) >= 3 OR v_tsq IS NULL THEN
+            v_like := '%' || replace(replace(replace(lower(v_q), '\', '\\'), '%', '\%'), '_', '\_') || '%';
+        END IF;
     END IF;
     v_sql := format('SELECT crm.contact_json(c) AS j, %s::text AS k, c.contact_id AS id FROM crm.contacts c'
                     ' WHERE c.tenant_id = crm.current_tenant()', v_col)
           || CASE WHEN v_deleted THEN '' ELSE ' AND c.deleted_at IS NULL' END
           || CASE WHEN v_q IS NULL THEN ''
                   WHEN v_tsq IS NULL THEN ' AND c.search_text LIKE $2'
+                  WHEN v_like IS NULL THEN ' AND c.search_doc @@ $1'
                   ELSE ' AND (c.search_doc @@ $1 OR c.search_text LIKE $2)' END
           || CASE WHEN v_tag IS NULL THEN '' ELSE ' AND EXISTS (SELECT FROM crm.contact_tags ct WHERE'
                   ' ct.tenant_id = c.tenant_id AND ct.contact_id = c.contact_id AND ct.tag_id = $3)' END

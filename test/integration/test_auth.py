@@ -65,7 +65,7 @@ ACCESS_TTL = 900
 LEEWAY = 30
 
 OWNER_PERMS = {"users.read", "users.invite", "users.manage", "audit.read", "contacts.read", "contacts.write",
-               "contacts.delete", "tenant.manage"}
+               "contacts.delete", "settings.read", "settings.write", "tenant.manage"}
 
 SUBJECT_VERIFY = "Verify your email address"
 SUBJECT_TRIED = "Someone tried to register with your email address"

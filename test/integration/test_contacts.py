@@ -1429,6 +1429,51 @@ def test_tags_and_audit():
 # ---- the end: crmd exits cleanly ----
 
 
+def test_crash_mid_bulk():
+    """A crmd killed (SIGKILL) while its atomic bulk create runs leaves all of the batch or none of it, and the audit
+    trail agrees with the rows."""
+    c = main_crmd()
+    u = make_tenant(c, "crash")
+    victim = Crmd(db(), env=dict(ENV, CRMD_JOBS="0", CRMD_SMTP_URL="smtp://127.0.0.1:%d" % sink().port))
+    victim.wait_ready()
+    tag = secrets.token_hex(4)
+    items = [{"email": "crash-%s-%04d@crash.example" % (tag, i), "first_name": "Crash", "title": "t%d" % i}
+             for i in range(1000)]
+    payload = json.dumps({"op": "create", "mode": "atomic", "items": items}).encode()
+
+    def send():
+        try:
+            s = socket.create_connection((victim.host, victim.port), timeout=10)
+            s.sendall(b"POST /v1/contacts/bulk HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + u.access.encode()
+                      + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(payload)).encode()
+                      + b"\r\n\r\n" + payload)
+            s.recv(1)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    # Kill it once its transaction is running in the database (the function is executing the batch).
+    wait_for("the bulk transaction to start",
+             lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND usename = 'crmd_app' AND state = 'active' AND query LIKE '%api_write%'") not in ("", "0"),
+             20, 0.005)
+    victim.proc.kill()
+    victim.proc.wait()
+    t.join(10)
+    # The server notices the lost client when the statement ends; wait until no transaction of the batch is left.
+    wait_for("the killed crmd's transaction to end",
+             lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND usename = 'crmd_app' AND query LIKE '%api_write%' AND state <> 'idle'") in ("", "0"), 30)
+    n = count_contacts(u.tenant, "email LIKE 'crash-%s-%%'" % tag)
+    audited = int(sql("SELECT count(*) FROM crm.audit_log WHERE tenant_id = '%s' AND action = 'contact.created'"
+                      " AND target_id IN (SELECT contact_id::text FROM %s WHERE email LIKE 'crash-%s-%%')"
+                      % (u.tenant, CONTACTS, tag)) or 0)
+    log("   contacts of the killed batch: %d (audited %d)" % (n, audited))
+    check(n in (0, 1000), "a killed atomic batch left %d of its 1000 contacts" % n)
+    check(audited == n, "%d contacts but %d contact.created rows" % (n, audited))
+
+
 def test_main_exits_cleanly():
     c = main_crmd()
     log("   503 answers retried over the run: %d" % _retried[0])
@@ -1448,6 +1493,7 @@ ALL = [
     test_bad_input,
     test_lead_scoring,
     test_tags_and_audit,
+    test_crash_mid_bulk,
     test_main_exits_cleanly,
 ]
 
