@@ -1321,7 +1321,7 @@ def test_invitations_roles_and_disable():
     member = User(x, PASSWORD2).take(check_pair(login(c, x, PASSWORD2), "member login", owner.tenant))
     member.id = acc["user_id"]
     me = check_json(get(c, "/v1/me", member.access), 200, "member me")
-    check(me["role"] == "member" and set(me["permissions"]) == {"contacts.read", "contacts.write"},
+    check(me["role"] == "member" and set(me["permissions"]) == {"contacts.read", "contacts.write", "settings.read"},
           "member me %r" % me)
     check(me["user"].get("email_verified_at") is not None, "the invited user is not verified")
     check_problem(get(c, "/v1/users", member.access), 403, "forbidden", "member lists users")
@@ -1456,7 +1456,7 @@ def test_invitations_roles_and_disable():
     chosen = check_pair(login(c, other_owner.email, PASSWORD, tenant_id=owner.tenant), "login to the invited tenant",
                         owner.tenant)
     me = check_json(get(c, "/v1/me", chosen["access_token"]), 200, "me in the invited tenant")
-    check(me["role"] == "viewer" and me["tenant"]["id"] == owner.tenant and me["permissions"] == ["contacts.read"],
+    check(me["role"] == "viewer" and me["tenant"]["id"] == owner.tenant and me["permissions"] == ["contacts.read", "settings.read"],
           "me in the invited tenant %r" % me)
     check_problem(get(c, "/v1/users", chosen["access_token"]), 403, "forbidden", "viewer lists users")
     check(check_json(get(c, "/v1/me", default["access_token"]), 200, "me at home")["role"] == "owner", "home role")
