@@ -223,12 +223,15 @@ $$;
 CREATE FUNCTION crm.contacts_derive() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
+DECLARE
+    w crm.lead_scoring;
 BEGIN
     IF TG_OP = 'INSERT' OR NEW.brand_id IS DISTINCT FROM OLD.brand_id THEN
         NEW.brand_name := (SELECT b.name FROM crm.brands b WHERE b.tenant_id = NEW.tenant_id AND b.brand_id = NEW.brand_id);
     END IF;
-    NEW.lead_score := crm.lead_score(crm.lead_weights(NEW.tenant_id), NEW.email_free, NEW.phone, NEW.title,
-                                     NEW.last_activity_at, NEW.lifecycle_stage);
+    -- The weights in a variable first: crm.lead_score is inlined only when its arguments are cheap.
+    w := crm.lead_weights(NEW.tenant_id);
+    NEW.lead_score := crm.lead_score(w, NEW.email_free, NEW.phone, NEW.title, NEW.last_activity_at, NEW.lifecycle_stage);
     RETURN NEW;
 END
 $$;
@@ -247,16 +250,22 @@ $$;
 CREATE TRIGGER brands_renamed AFTER UPDATE OF name ON crm.brands
     FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name) EXECUTE FUNCTION crm.brands_renamed();
 
--- Tags added or removed (by any statement, one row or a thousand) rewrite the contacts' tag_text once each.
+-- Tags added or removed (by any statement, one row or a thousand) rewrite the contacts' tag_text once each. One
+-- update by primary key per contact: a join with the transition table is planned from the contacts' statistics,
+-- which a bulk import outgrows, and then scans the whole table for every statement.
 CREATE FUNCTION crm.contact_tags_changed() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
+DECLARE
+    x record;
 BEGIN
-    UPDATE crm.contacts c
-    SET tag_text = coalesce((SELECT string_agg(t.name, ', ' ORDER BY t.name)
-                             FROM crm.contact_tags ct JOIN crm.tags t ON t.tenant_id = ct.tenant_id AND t.tag_id = ct.tag_id
-                             WHERE ct.tenant_id = c.tenant_id AND ct.contact_id = c.contact_id), '')
-    WHERE (c.tenant_id, c.contact_id) IN (SELECT DISTINCT x.tenant_id, x.contact_id FROM changed x);
+    FOR x IN SELECT DISTINCT tenant_id, contact_id FROM changed LOOP
+        UPDATE crm.contacts c
+        SET tag_text = coalesce((SELECT string_agg(t.name, ', ' ORDER BY t.name)
+                                 FROM crm.contact_tags ct JOIN crm.tags t ON t.tenant_id = ct.tenant_id AND t.tag_id = ct.tag_id
+                                 WHERE ct.tenant_id = x.tenant_id AND ct.contact_id = x.contact_id), '')
+        WHERE c.tenant_id = x.tenant_id AND c.contact_id = x.contact_id;
+    END LOOP;
     RETURN NULL;
 END
 $$;
@@ -288,7 +297,7 @@ $$;
 CREATE FUNCTION crm.tag_name(s text) RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$
-SELECT n FROM (SELECT lower(btrim(s)) AS n) x WHERE char_length(n) BETWEEN 1 AND 64 AND n !~ '[[:cntrl:],]'
+SELECT CASE WHEN char_length(lower(btrim(s))) BETWEEN 1 AND 64 AND s !~ '[[:cntrl:],]' THEN lower(btrim(s)) END
 $$;
 
 CREATE FUNCTION crm.lifecycle_stages() RETURNS text[]
@@ -347,10 +356,12 @@ $$;
 -- Whether an If-Match header value (NULL: none) admits the representation of this version (RFC 9110 §13.1.1:
 -- strong comparison, so a weak tag never matches).
 CREATE FUNCTION crm.if_match(p_header text, p_version integer) RETURNS boolean
-    LANGUAGE sql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE
     AS $$
-SELECT p_header IS NULL OR btrim(p_header) = '*'
-       OR '"' || p_version || '"' = ANY (SELECT btrim(x) FROM regexp_split_to_table(p_header, ',') x)
+BEGIN
+    RETURN p_header IS NULL OR btrim(p_header) = '*'
+           OR '"' || p_version || '"' = ANY (SELECT btrim(x) FROM regexp_split_to_table(p_header, ',') x);
+END
 $$;
 
 -- The result of one operation on one record.
@@ -403,27 +414,34 @@ $$;
 ---------------------------------------------------------------------------------------------------------------------
 -- Representations
 
+-- PL/pgSQL, like every function here that runs a query: a LANGUAGE sql function that is not inlined (a whole-row
+-- argument, a sub-select) is parsed and planned again on every call, which was most of the database's work per
+-- GET /v1/contacts/{id}.
 CREATE FUNCTION crm.contact_json(c crm.contacts) RETURNS json
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-SELECT json_build_object(
-    'id', c.contact_id, 'email', c.email, 'first_name', c.first_name, 'last_name', c.last_name,
-    'display_name', c.display_name, 'phone', c.phone, 'title', c.title, 'brand_id', c.brand_id,
-    'brand', (SELECT json_build_object('id', b.brand_id, 'name', b.name, 'domain', b.domain)
-              FROM crm.brands b WHERE b.tenant_id = c.tenant_id AND b.brand_id = c.brand_id),
-    'owner_id', c.owner_id, 'lifecycle_stage', c.lifecycle_stage, 'lead_score', c.lead_score, 'source', c.source,
-    'custom_fields', c.custom_fields, 'tags', to_json(string_to_array(c.tag_text, ', ')),
-    'last_activity_at', crm.ts(c.last_activity_at), 'version', c.version, 'created_at', crm.ts(c.created_at),
-    'updated_at', crm.ts(c.updated_at), 'deleted_at', crm.ts(c.deleted_at))
+BEGIN
+    RETURN json_build_object(
+        'id', c.contact_id, 'email', c.email, 'first_name', c.first_name, 'last_name', c.last_name,
+        'display_name', c.display_name, 'phone', c.phone, 'title', c.title, 'brand_id', c.brand_id,
+        'brand', (SELECT json_build_object('id', b.brand_id, 'name', b.name, 'domain', b.domain)
+                  FROM crm.brands b WHERE b.tenant_id = c.tenant_id AND b.brand_id = c.brand_id),
+        'owner_id', c.owner_id, 'lifecycle_stage', c.lifecycle_stage, 'lead_score', c.lead_score, 'source', c.source,
+        'custom_fields', c.custom_fields, 'tags', to_json(string_to_array(c.tag_text, ', ')),
+        'last_activity_at', crm.ts(c.last_activity_at), 'version', c.version, 'created_at', crm.ts(c.created_at),
+        'updated_at', crm.ts(c.updated_at), 'deleted_at', crm.ts(c.deleted_at));
+END
 $$;
 
 CREATE FUNCTION crm.brand_json(b crm.brands) RETURNS json
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-SELECT json_build_object(
-    'id', b.brand_id, 'name', b.name, 'domain', b.domain, 'website', b.website, 'source', b.source,
-    'created_by', b.created_by, 'version', b.version, 'created_at', crm.ts(b.created_at),
-    'updated_at', crm.ts(b.updated_at), 'deleted_at', crm.ts(b.deleted_at))
+BEGIN
+    RETURN json_build_object(
+        'id', b.brand_id, 'name', b.name, 'domain', b.domain, 'website', b.website, 'source', b.source,
+        'created_by', b.created_by, 'version', b.version, 'created_at', crm.ts(b.created_at),
+        'updated_at', crm.ts(b.updated_at), 'deleted_at', crm.ts(b.deleted_at));
+END
 $$;
 
 -- Opaque keyset cursors: base64url of a JSON array (sort, key, id).
@@ -1199,11 +1217,13 @@ $$;
 -- Settings
 
 CREATE FUNCTION crm.lead_scoring_json(w crm.lead_scoring) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE
     AS $$
-SELECT jsonb_build_object('work_email', w.work_email, 'has_phone', w.has_phone, 'has_title', w.has_title,
-                          'recent_activity', w.recent_activity, 'recent_activity_days', w.recent_activity_days,
-                          'stages', w.stages)
+BEGIN
+    RETURN jsonb_build_object('work_email', w.work_email, 'has_phone', w.has_phone, 'has_title', w.has_title,
+                              'recent_activity', w.recent_activity, 'recent_activity_days', w.recent_activity_days,
+                              'stages', w.stages);
+END
 $$;
 
 -- PUT /v1/settings/lead-scoring: the whole document, then every contact of the tenant rescored in this
@@ -1762,10 +1782,13 @@ $$;
 
 -- The contact read by id (GET /v1/contacts/{id}): its representation with brand and tags, and its version.
 CREATE FUNCTION crm.contact_get(p_id uuid, p_include_deleted boolean) RETURNS TABLE (version integer, body text)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-SELECT c.version, crm.contact_json(c)::text FROM crm.contacts c
-WHERE c.tenant_id = crm.current_tenant() AND c.contact_id = p_id AND (p_include_deleted OR c.deleted_at IS NULL)
+BEGIN
+    RETURN QUERY
+    SELECT c.version, crm.contact_json(c)::text FROM crm.contacts c
+    WHERE c.tenant_id = crm.current_tenant() AND c.contact_id = p_id AND (p_include_deleted OR c.deleted_at IS NULL);
+END
 $$;
 
 -- crmd_app runs these functions as itself (they are not SECURITY DEFINER), so it needs each one, helpers included.
