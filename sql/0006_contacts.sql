@@ -29,6 +29,13 @@ ON CONFLICT DO NOTHING;
 
 ---------------------------------------------------------------------------------------------------------------------
 -- Tables
+--
+-- Each primary key is added after the table's other indexes, on purpose. Planning a look-up by primary key on a
+-- table that is still empty (every new database, every new tenant's first writes), PostgreSQL finds every index
+-- that starts with tenant_id equally cheap and keeps the last one it considers, which is the newest index; the
+-- plan is then cached for the life of the connection (foreign-key checks, triggers, PL/pgSQL), and every look-up
+-- scans the tenant's whole range of, say, contacts_by_score. Measured: each 1,000-contact import batch slower than
+-- the last (400 → 720 ms over 100,000 contacts). The newest index being the primary key makes the tie go its way.
 
 CREATE TABLE crm.brands (
     tenant_id uuid NOT NULL REFERENCES crm.tenants (tenant_id),
@@ -43,14 +50,14 @@ CREATE TABLE crm.brands (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     deleted_at timestamptz,
-    sort_name text GENERATED ALWAYS AS (lower(name)) STORED,
-    PRIMARY KEY (tenant_id, brand_id)
+    sort_name text GENERATED ALWAYS AS (lower(name)) STORED
 );
 CREATE UNIQUE INDEX brands_live_domain ON crm.brands (tenant_id, domain) WHERE deleted_at IS NULL AND domain IS NOT NULL;
 CREATE INDEX brands_by_name ON crm.brands (tenant_id, sort_name, brand_id);
 CREATE INDEX brands_by_created ON crm.brands (tenant_id, created_at, brand_id);
 CREATE INDEX brands_by_updated ON crm.brands (tenant_id, updated_at, brand_id);
 CREATE INDEX brands_name_trgm ON crm.brands USING gin (sort_name crm.gin_trgm_ops);
+ALTER TABLE crm.brands ADD PRIMARY KEY (tenant_id, brand_id);
 
 CREATE TABLE crm.contacts (
     tenant_id uuid NOT NULL REFERENCES crm.tenants (tenant_id),
@@ -92,7 +99,6 @@ CREATE TABLE crm.contacts (
     -- the same as one lower-case string, for substring matching through pg_trgm
     search_text text GENERATED ALWAYS AS (lower(coalesce(first_name, '') || ' ' || coalesce(last_name, '') || ' '
         || coalesce(display_name, '') || ' ' || email || ' ' || coalesce(brand_name, '') || ' ' || tag_text)) STORED,
-    PRIMARY KEY (tenant_id, contact_id),
     FOREIGN KEY (tenant_id, brand_id) REFERENCES crm.brands (tenant_id, brand_id),
     FOREIGN KEY (tenant_id, owner_id) REFERENCES crm.memberships (tenant_id, user_id)
 );
@@ -105,6 +111,7 @@ CREATE INDEX contacts_by_brand ON crm.contacts (tenant_id, brand_id, updated_at,
 CREATE INDEX contacts_by_owner ON crm.contacts (tenant_id, owner_id) WHERE owner_id IS NOT NULL;
 CREATE INDEX contacts_search_doc ON crm.contacts USING gin (search_doc);
 CREATE INDEX contacts_search_trgm ON crm.contacts USING gin (search_text crm.gin_trgm_ops);
+ALTER TABLE crm.contacts ADD PRIMARY KEY (tenant_id, contact_id);
 
 CREATE TABLE crm.tags (
     tenant_id uuid NOT NULL REFERENCES crm.tenants (tenant_id),
@@ -112,20 +119,20 @@ CREATE TABLE crm.tags (
     name text NOT NULL CHECK (name = lower(btrim(name)) AND char_length(name) BETWEEN 1 AND 64
                               AND name !~ '[[:cntrl:],]'),
     created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, tag_id),
     UNIQUE (tenant_id, name)
 );
+ALTER TABLE crm.tags ADD PRIMARY KEY (tenant_id, tag_id);
 
 CREATE TABLE crm.contact_tags (
     tenant_id uuid NOT NULL,
     contact_id uuid NOT NULL,
     tag_id uuid NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, contact_id, tag_id),
     FOREIGN KEY (tenant_id, contact_id) REFERENCES crm.contacts (tenant_id, contact_id) ON DELETE CASCADE,
     FOREIGN KEY (tenant_id, tag_id) REFERENCES crm.tags (tenant_id, tag_id) ON DELETE CASCADE
 );
 CREATE INDEX contact_tags_by_tag ON crm.contact_tags (tenant_id, tag_id, contact_id);
+ALTER TABLE crm.contact_tags ADD PRIMARY KEY (tenant_id, contact_id, tag_id);
 
 -- Lead-score weights per tenant; a tenant without a row has crm.lead_weights' defaults.
 CREATE TABLE crm.lead_scoring (
@@ -1406,19 +1413,18 @@ CREATE FUNCTION crm.contact_matches(p_tsq tsquery, p_like text, p_max integer) R
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
     AS $$
-DECLARE
-    v_tenant uuid := crm.current_tenant();
 BEGIN
-    IF p_tsq IS NOT NULL AND p_like IS NOT NULL THEN
-        RETURN QUERY SELECT c.contact_id FROM crm.contacts c
-                     WHERE c.tenant_id = v_tenant AND (c.search_doc @@ p_tsq OR c.search_text LIKE p_like) LIMIT p_max;
-    ELSIF p_tsq IS NOT NULL THEN
-        RETURN QUERY SELECT c.contact_id FROM crm.contacts c
-                     WHERE c.tenant_id = v_tenant AND c.search_doc @@ p_tsq LIMIT p_max;
-    ELSIF p_like IS NOT NULL THEN
-        RETURN QUERY SELECT c.contact_id FROM crm.contacts c
-                     WHERE c.tenant_id = v_tenant AND c.search_text LIKE p_like LIMIT p_max;
+    -- Planned for each call (EXECUTE): how many rows a pattern matches decides the plan, and a generic plan cannot
+    -- see the pattern.
+    IF p_tsq IS NULL AND p_like IS NULL THEN
+        RETURN;
     END IF;
+    RETURN QUERY EXECUTE
+        'SELECT c.contact_id FROM crm.contacts c WHERE c.tenant_id = $1 AND ('
+        || concat_ws(' OR ', CASE WHEN p_tsq IS NOT NULL THEN 'c.search_doc @@ $2' END,
+                     CASE WHEN p_like IS NOT NULL THEN 'c.search_text LIKE $3' END)
+        || ') LIMIT $4'
+        USING crm.current_tenant(), p_tsq, p_like, p_max;
 END
 $$;
 
@@ -1518,8 +1524,10 @@ BEGIN
     v_sql := format('SELECT crm.contact_json(c) AS j, %s::text AS k, c.contact_id AS id FROM %s'
                     ' WHERE c.tenant_id = crm.current_tenant()', v_col,
                     CASE WHEN v_ids IS NULL THEN 'crm.contacts c'
-                         -- each id looked up by primary key, not tested against the array row by row
-                         ELSE 'unnest($11) m (id) JOIN crm.contacts c ON c.contact_id = m.id' END)
+                         -- each id looked up by primary key (OFFSET 0 keeps the planner from turning this
+                         -- into a merge join that reads the tenant's whole primary key range)
+                         ELSE 'unnest($11) m (id) CROSS JOIN LATERAL (SELECT * FROM crm.contacts x'
+                              ' WHERE x.tenant_id = crm.current_tenant() AND x.contact_id = m.id OFFSET 0) c' END)
           || CASE WHEN v_deleted THEN '' ELSE ' AND c.deleted_at IS NULL' END
           || CASE WHEN v_q IS NULL OR v_ids IS NOT NULL THEN ''
                   WHEN v_tsq IS NULL THEN ' AND c.search_text LIKE $2'
