@@ -713,7 +713,7 @@ def test_keyset_pagination():
                 keys = [it["created_at"] for it in rows]
                 check(keys == sorted(keys), "sort=created_at is not ascending")
             log("   sort %r: %d rows in %.1f s, %d inserts so far" % (sort, len(seen), time.monotonic() - t0, n_ins))
-        # Searches page the same way: one matching every contact (more than the 5,000 ids crmd sorts itself, so
+        # Searches page the same way: one matching every contact (more than the 2,000 ids crmd sorts itself, so
         # the sort key's index is walked) and one matching a seventh of them (answered from the search indexes).
         for search, expected in (("initech-" + tag, existing),
                                  (FIRST[0], {i for i, f in first_of.items() if f == FIRST[0]})):
