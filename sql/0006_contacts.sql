@@ -171,7 +171,7 @@ CREATE TABLE crm.idempotency_keys (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, key)
 );
-CREATE INDEX idempotency_keys_by_age ON crm.idempotency_keys (created_at);
+CREATE INDEX idempotency_keys_by_age ON crm.idempotency_keys (tenant_id, created_at);
 
 -- Row-level security: each tenant sees and writes only its own rows; the owner role (migrations, operators'
 -- maintenance) sees everything.
@@ -234,8 +234,15 @@ DECLARE
     w crm.lead_scoring;
 BEGIN
     IF TG_OP = 'INSERT' OR NEW.brand_id IS DISTINCT FROM OLD.brand_id THEN
-        NEW.brand_name := (SELECT b.name FROM crm.brands b WHERE b.tenant_id = NEW.tenant_id AND b.brand_id = NEW.brand_id);
+        -- FOR SHARE: a rename of the brand in progress is waited for and its new name copied; otherwise this row
+        -- could keep the old name, which the rename's own update of the brand's contacts did not see.
+        NEW.brand_name := NULL;
+        SELECT b.name INTO NEW.brand_name FROM crm.brands b
+        WHERE b.tenant_id = NEW.tenant_id AND b.brand_id = NEW.brand_id FOR SHARE;
     END IF;
+    -- Shared with every other writer of the tenant's contacts, exclusive to a change of the weights: a contact
+    -- written while new weights are being applied waits for them (crm.lead_scoring_put).
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('crm.lead_scoring:' || NEW.tenant_id, 0));
     -- The weights in a variable first: crm.lead_score is inlined only when its arguments are cheap.
     w := crm.lead_weights(NEW.tenant_id);
     NEW.lead_score := crm.lead_score(w, NEW.email_free, NEW.phone, NEW.title, NEW.last_activity_at, NEW.lifecycle_stage);
@@ -250,7 +257,9 @@ CREATE FUNCTION crm.brands_renamed() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    UPDATE crm.contacts SET brand_name = NEW.name WHERE tenant_id = NEW.tenant_id AND brand_id = NEW.brand_id;
+    -- The contacts show the brand's name: a new version (ETag) of each.
+    UPDATE crm.contacts SET brand_name = NEW.name, version = version + 1, updated_at = now()
+    WHERE tenant_id = NEW.tenant_id AND brand_id = NEW.brand_id;
     RETURN NULL;
 END
 $$;
@@ -386,6 +395,14 @@ CREATE FUNCTION crm.op_problem(p_status integer, p_slug text, p_title text, p_de
     LANGUAGE sql IMMUTABLE
     AS $$ SELECT ROW(p_status, NULL::uuid, NULL::integer, crm.problem(p_status, p_slug, p_title, p_detail, p_extra))::crm.op_result $$;
 
+CREATE FUNCTION crm.precondition_failed(p_what text, p_version integer) RETURNS crm.op_result
+    LANGUAGE sql IMMUTABLE
+    AS $$
+SELECT crm.op_problem(412, 'precondition-failed', 'Precondition failed',
+                      'The ' || p_what || ' has changed since the version named in If-Match; it is now version '
+                      || p_version || '.', jsonb_build_object('current_version', p_version))
+$$;
+
 CREATE FUNCTION crm.not_found(p_what text) RETURNS crm.op_result
     LANGUAGE sql IMMUTABLE
     AS $$ SELECT crm.op_problem(404, 'not-found', 'Not found', 'No ' || p_what || ' of this tenant has this id.') $$;
@@ -453,6 +470,24 @@ BEGIN
 END
 $$;
 
+-- Whether a cursor's key reads as the sort key's type (a forged cursor is a 400, not a failed cast).
+CREATE FUNCTION crm.cursor_key_ok(p_key text, p_type text) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+BEGIN
+    CASE p_type
+        WHEN 'integer' THEN
+            RETURN p_key ~ '^-?\d{1,9}$';
+        WHEN 'timestamptz' THEN
+            RETURN p_key::timestamptz IS NOT NULL;
+        ELSE
+            RETURN true;
+    END CASE;
+EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format OR invalid_time_zone_displacement_value THEN
+    RETURN false;
+END
+$$;
+
 -- Opaque keyset cursors: base64url of a JSON array (sort, key, id).
 CREATE FUNCTION crm.cursor_encode(p jsonb) RETURNS text
     LANGUAGE sql IMMUTABLE
@@ -493,7 +528,10 @@ BEGIN
         f := p_prefix || 'custom_fields.' || k;
         SELECT * INTO d FROM crm.custom_field_defs WHERE tenant_id = crm.current_tenant() AND name = k;
         IF NOT FOUND THEN
-            e := e || crm.ferr(f, 'is not a defined custom field');
+            -- null removes a value, also one whose definition has been deleted since
+            IF jsonb_typeof(v) <> 'null' THEN
+                e := e || crm.ferr(f, 'is not a defined custom field');
+            END IF;
         ELSIF jsonb_typeof(v) = 'null' THEN
             IF d.required THEN
                 e := e || crm.ferr(f, 'is required');
@@ -599,8 +637,10 @@ BEGIN
                     m := 'must be an RFC 3339 date-time';
                 END IF;
             WHEN 'custom_fields' THEN
-                IF jsonb_typeof(v) <> 'object' THEN
-                    m := 'must be an object';
+                IF jsonb_typeof(v) = 'null' THEN
+                    e := e || crm.custom_field_errors('{}', true, p_prefix); -- clearing all: required ones stay required
+                ELSIF jsonb_typeof(v) <> 'object' THEN
+                    m := 'must be an object or null';
                 ELSE
                     e := e || crm.custom_field_errors(v, p_create, p_prefix);
                 END IF;
@@ -702,7 +742,7 @@ BEGIN
                                   jsonb_build_object('existing_id', r.id));
         END IF;
     END LOOP;
-    RAISE EXCEPTION 'contact % kept conflicting', v_email USING ERRCODE = 'serialization_failure';
+    RAISE EXCEPTION 'a contact insert kept conflicting' USING ERRCODE = 'serialization_failure';
 END
 $$;
 
@@ -721,6 +761,20 @@ CREATE FUNCTION crm.duplicate_contact(p_existing uuid) RETURNS crm.op_result
     AS $$
 SELECT crm.op_problem(409, 'duplicate', 'Duplicate', 'A live contact of this tenant already has this e-mail address.',
                       jsonb_build_object('existing_id', p_existing))
+$$;
+
+-- Writes a contact's changeable fields as n holds them, with the next version.
+CREATE FUNCTION crm.contact_write(n crm.contacts) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    UPDATE crm.contacts
+    SET email = n.email, email_free = n.email_free, first_name = n.first_name, last_name = n.last_name,
+        display_name = n.display_name, phone = n.phone, title = n.title, brand_id = n.brand_id, owner_id = n.owner_id,
+        lifecycle_stage = n.lifecycle_stage, last_activity_at = n.last_activity_at, custom_fields = n.custom_fields,
+        version = n.version + 1, updated_at = now()
+    WHERE tenant_id = n.tenant_id AND contact_id = n.contact_id;
+END
 $$;
 
 -- Look-ups of one row by id name no other condition, deleted_at included: with statistics of an empty or young table
@@ -749,9 +803,7 @@ BEGIN
         RETURN crm.not_found('contact');
     END IF;
     IF NOT crm.if_match(p_if_match, o.version) THEN
-        RETURN crm.op_problem(412, 'precondition-failed', 'Precondition failed',
-                              'The contact has changed since the version named in If-Match; it is now version '
-                              || o.version || '.', jsonb_build_object('current_version', o.version));
+        RETURN crm.precondition_failed('contact', o.version);
     END IF;
     n := o;
     IF p ? 'email' THEN
@@ -767,7 +819,11 @@ BEGIN
     IF p ? 'owner_id' THEN n.owner_id := (p ->> 'owner_id')::uuid; END IF;
     IF p ? 'lifecycle_stage' THEN n.lifecycle_stage := p ->> 'lifecycle_stage'; END IF;
     IF p ? 'last_activity_at' THEN n.last_activity_at := crm.rfc3339(p ->> 'last_activity_at'); END IF;
-    IF p ? 'custom_fields' THEN n.custom_fields := jsonb_strip_nulls(o.custom_fields || (p -> 'custom_fields')); END IF;
+    IF jsonb_typeof(p -> 'custom_fields') = 'null' THEN
+        n.custom_fields := '{}';
+    ELSIF p ? 'custom_fields' THEN
+        n.custom_fields := jsonb_strip_nulls(o.custom_fields || (p -> 'custom_fields'));
+    END IF;
     -- Plain expressions, not a query: this runs once per item of a bulk update.
     v_changed := array_remove(ARRAY[
         CASE WHEN o.email IS DISTINCT FROM n.email THEN 'email' END,
@@ -795,12 +851,17 @@ BEGIN
             RETURN crm.duplicate_contact(v_other);
         END IF;
     END IF;
-    UPDATE crm.contacts
-    SET email = n.email, email_free = n.email_free, first_name = n.first_name, last_name = n.last_name,
-        display_name = n.display_name, phone = n.phone, title = n.title, brand_id = n.brand_id, owner_id = n.owner_id,
-        lifecycle_stage = n.lifecycle_stage, last_activity_at = n.last_activity_at, custom_fields = n.custom_fields,
-        version = o.version + 1, updated_at = now()
-    WHERE tenant_id = o.tenant_id AND contact_id = o.contact_id;
+    IF n.email = o.email THEN
+        PERFORM crm.contact_write(n);
+    ELSE
+        -- A subtransaction only for address changes (a bulk update of other fields takes none): an address taken
+        -- by a transaction that committed after the look-up above is this item's 409, not the whole request's.
+        BEGIN
+            PERFORM crm.contact_write(n);
+        EXCEPTION WHEN unique_violation THEN
+            RETURN crm.duplicate_contact(crm.contact_with_email(n.email, o.contact_id));
+        END;
+    END IF;
     PERFORM crm.audit('contact.updated', 'contact', o.contact_id, jsonb_build_object('fields', to_jsonb(v_changed)));
     RETURN ROW(200, o.contact_id, o.version + 1, NULL::jsonb);
 END
@@ -818,9 +879,7 @@ BEGIN
         RETURN crm.not_found('contact');
     END IF;
     IF NOT crm.if_match(p_if_match, o.version) THEN
-        RETURN crm.op_problem(412, 'precondition-failed', 'Precondition failed',
-                              'The contact has changed since the version named in If-Match.',
-                              jsonb_build_object('current_version', o.version));
+        RETURN crm.precondition_failed('contact', o.version);
     END IF;
     UPDATE crm.contacts SET deleted_at = now(), updated_at = now(), version = o.version + 1
     WHERE tenant_id = o.tenant_id AND contact_id = o.contact_id;
@@ -831,7 +890,7 @@ $$;
 
 -- Restores a deleted contact unless a live one has taken its address meanwhile (409 naming it). The partial
 -- unique index is the guard; the look-up only gives the better answer.
-CREATE FUNCTION crm.contact_restore(p_id uuid) RETURNS crm.op_result
+CREATE FUNCTION crm.contact_restore(p_id uuid, p_if_match text) RETURNS crm.op_result
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -842,6 +901,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN crm.not_found('contact');
     END IF;
+    IF NOT crm.if_match(p_if_match, o.version) THEN
+        RETURN crm.precondition_failed('contact', o.version);
+    END IF;
     IF o.deleted_at IS NULL THEN
         RETURN ROW(200, o.contact_id, o.version, NULL::jsonb);
     END IF;
@@ -849,15 +911,21 @@ BEGIN
     IF v_other IS NOT NULL THEN
         RETURN crm.duplicate_contact(v_other);
     END IF;
-    UPDATE crm.contacts SET deleted_at = NULL, updated_at = now(), version = o.version + 1
-    WHERE tenant_id = o.tenant_id AND contact_id = o.contact_id;
+    BEGIN
+        UPDATE crm.contacts SET deleted_at = NULL, updated_at = now(), version = o.version + 1
+        WHERE tenant_id = o.tenant_id AND contact_id = o.contact_id;
+    EXCEPTION WHEN unique_violation THEN
+        -- taken by a transaction that committed after the look-up above
+        RETURN crm.duplicate_contact(crm.contact_with_email(o.email, o.contact_id));
+    END;
     PERFORM crm.audit('contact.restored', 'contact', o.contact_id);
     RETURN ROW(200, o.contact_id, o.version + 1, NULL::jsonb);
 END
 $$;
 
 -- Adds (p_add) or removes a tag of a live contact: 204 either way, a new version only when something changed.
-CREATE FUNCTION crm.contact_tag(p_id uuid, p_tag text, p_add boolean, p_field text) RETURNS crm.op_result
+CREATE FUNCTION crm.contact_tag(p_id uuid, p_tag text, p_add boolean, p_field text, p_if_match text)
+    RETURNS crm.op_result
     LANGUAGE plpgsql
     SET enable_seqscan = off -- key look-ups only (see contact_tags_changed)
     AS $$
@@ -875,6 +943,9 @@ BEGIN
     WHERE tenant_id = crm.current_tenant() AND contact_id = p_id FOR UPDATE;
     IF NOT FOUND OR v_deleted IS NOT NULL THEN
         RETURN crm.not_found('contact');
+    END IF;
+    IF NOT crm.if_match(p_if_match, v_version) THEN
+        RETURN crm.precondition_failed('contact', v_version);
     END IF;
     IF p_add THEN
         n := crm.tags_attach(ARRAY[p_id], ARRAY[v_name]);
@@ -895,8 +966,8 @@ BEGIN
 END
 $$;
 
--- POST /v1/contacts/bulk. Atomic: every item in one subtransaction that the first failing item rolls back (422
--- naming it; nothing written). Partial: every item reported. Either way one audit row for the batch besides the
+-- POST /v1/contacts/bulk. Atomic: every item in one subtransaction, rolled back when any item fails (422 naming
+-- the first failing item by index; nothing written). Partial: every item reported. Either way one audit row for the batch besides the
 -- items' own rows, and the answer says exactly what happened to each item.
 CREATE FUNCTION crm.contacts_bulk(p jsonb, p_free text[]) RETURNS crm.op_result
     LANGUAGE plpgsql
@@ -915,6 +986,8 @@ DECLARE
     v_ok integer := 0;
     v_failed_index integer;
     v_failed crm.op_result;
+    v_order integer[];
+    v_index integer;
 BEGIN
     IF jsonb_typeof(p) IS DISTINCT FROM 'object' THEN
         RETURN ROW(400, NULL::uuid, NULL::integer, crm.invalid(crm.ferr('body', 'must be an object')));
@@ -969,32 +1042,53 @@ BEGIN
                                         WHERE crm.is_uuid(CASE WHEN v_op = 'update' THEN x ->> 'id' ELSE x #>> '{}' END)))
         ORDER BY c.contact_id FOR UPDATE;
     END IF;
+    -- The batch's tag names first, in name order, and creates in address order: two batches that share addresses
+    -- or tag names then take their locks in the same order and wait for each other instead of deadlocking. Results
+    -- are reported by index whatever the order of work.
+    IF v_op = 'create' THEN
+        INSERT INTO crm.tags (tenant_id, name)
+        SELECT DISTINCT crm.current_tenant(), crm.tag_name(t)
+        FROM jsonb_array_elements(v_list) x, jsonb_array_elements_text(CASE WHEN jsonb_typeof(x -> 'tags') = 'array'
+                                                                            THEN x -> 'tags' END) t
+        WHERE crm.tag_name(t) IS NOT NULL ORDER BY 2
+        ON CONFLICT (tenant_id, name) DO NOTHING;
+    ELSIF v_op = 'tag' THEN
+        INSERT INTO crm.tags (tenant_id, name) VALUES (crm.current_tenant(), crm.tag_name(p ->> 'tag'))
+        ON CONFLICT (tenant_id, name) DO NOTHING;
+    END IF;
+    v_order := ARRAY(SELECT x.ord - 1 FROM jsonb_array_elements(v_list) WITH ORDINALITY x (item, ord)
+                     ORDER BY CASE v_op WHEN 'create' THEN lower(btrim(x.item ->> 'email'))
+                                        WHEN 'update' THEN x.item ->> 'id' ELSE x.item #>> '{}' END, x.ord);
     BEGIN
-        FOR i IN 0 .. v_n - 1 LOOP
-            v_item := v_list -> i;
+        FOREACH v_index IN ARRAY v_order LOOP
+            v_item := v_list -> v_index;
             r := CASE v_op
-                     WHEN 'create' THEN crm.contact_insert(v_item, p_free, false, 'items[' || i || '].')
-                     WHEN 'update' THEN crm.bulk_update_item(v_item, p_free, i)
+                     WHEN 'create' THEN crm.contact_insert(v_item, p_free, false, 'items[' || v_index || '].')
+                     WHEN 'update' THEN crm.bulk_update_item(v_item, p_free, v_index)
                      WHEN 'delete' THEN crm.contact_delete((v_item #>> '{}')::uuid, NULL)
-                     WHEN 'restore' THEN crm.contact_restore((v_item #>> '{}')::uuid)
-                     ELSE crm.contact_tag((v_item #>> '{}')::uuid, p ->> 'tag', v_op = 'tag', 'tag')
+                     WHEN 'restore' THEN crm.contact_restore((v_item #>> '{}')::uuid, NULL)
+                     ELSE crm.contact_tag((v_item #>> '{}')::uuid, p ->> 'tag', v_op = 'tag', 'tag', NULL)
                  END;
             IF r.status >= 400 THEN
-                IF v_mode = 'atomic' THEN
-                    v_failed_index := i;
+                -- Atomic: the work goes on to the end, so that the answer names the first failing item by index
+                -- (the work runs in another order, see above); then everything is undone.
+                IF v_mode = 'atomic' AND (v_failed_index IS NULL OR v_index < v_failed_index) THEN
+                    v_failed_index := v_index;
                     v_failed := r;
-                    RAISE EXCEPTION USING ERRCODE = 'CRMBK', MESSAGE = 'atomic bulk item failed';
                 END IF;
-                v_results := v_results || jsonb_build_object('index', i, 'status', r.status, 'error', r.body - 'status');
+                v_results := v_results || jsonb_build_object('index', v_index, 'status', r.status, 'error', r.body - 'status');
             ELSE
                 v_ok := v_ok + 1;
-                v_results := v_results || jsonb_build_object('index', i, 'status', r.status, 'id', r.id);
+                v_results := v_results || jsonb_build_object('index', v_index, 'status', r.status, 'id', r.id);
             END IF;
         END LOOP;
+        IF v_failed_index IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'CRMBK', MESSAGE = 'atomic bulk item failed';
+        END IF;
     EXCEPTION WHEN SQLSTATE 'CRMBK' THEN
         -- Everything the batch wrote is undone; the failing item's problem is the answer.
         PERFORM crm.audit('contact.bulk_' || v_op, 'contact', NULL,
-                          jsonb_build_object('mode', v_mode, 'items', v_n, 'succeeded', 0, 'failed', 1,
+                          jsonb_build_object('mode', v_mode, 'items', v_n, 'succeeded', 0, 'failed', v_n - v_ok,
                                              'failed_index', v_failed_index));
         RETURN crm.op_problem(422, 'bulk-failed', 'Bulk operation failed',
                               'Item ' || v_failed_index || ' failed, so nothing was written (atomic mode).',
@@ -1005,7 +1099,8 @@ BEGIN
     PERFORM crm.audit('contact.bulk_' || v_op, 'contact', NULL,
                       jsonb_build_object('mode', v_mode, 'items', v_n, 'succeeded', v_ok, 'failed', v_n - v_ok));
     RETURN ROW(200, NULL::uuid, NULL::integer, jsonb_build_object('op', v_op, 'mode', v_mode, 'succeeded', v_ok, 'failed', v_n - v_ok,
-                                                   'results', to_jsonb(v_results)));
+                                                   'results', (SELECT jsonb_agg(x ORDER BY (x ->> 'index')::integer)
+                                                               FROM unnest(v_results) x)));
 END
 $$;
 
@@ -1119,7 +1214,7 @@ BEGIN
             RETURN crm.duplicate_brand(r.id);
         END IF;
     END LOOP;
-    RAISE EXCEPTION 'brand % kept conflicting', v_domain USING ERRCODE = 'serialization_failure';
+    RAISE EXCEPTION 'a brand insert kept conflicting' USING ERRCODE = 'serialization_failure';
 END
 $$;
 
@@ -1142,9 +1237,7 @@ BEGIN
         RETURN crm.not_found('brand');
     END IF;
     IF NOT crm.if_match(p_if_match, o.version) THEN
-        RETURN crm.op_problem(412, 'precondition-failed', 'Precondition failed',
-                              'The brand has changed since the version named in If-Match.',
-                              jsonb_build_object('current_version', o.version));
+        RETURN crm.precondition_failed('brand', o.version);
     END IF;
     n := o;
     IF p ? 'name' THEN n.name := btrim(p ->> 'name'); END IF;
@@ -1184,9 +1277,7 @@ BEGIN
         RETURN crm.not_found('brand');
     END IF;
     IF NOT crm.if_match(p_if_match, o.version) THEN
-        RETURN crm.op_problem(412, 'precondition-failed', 'Precondition failed',
-                              'The brand has changed since the version named in If-Match.',
-                              jsonb_build_object('current_version', o.version));
+        RETURN crm.precondition_failed('brand', o.version);
     END IF;
     UPDATE crm.brands SET deleted_at = now(), updated_at = now(), version = o.version + 1
     WHERE tenant_id = o.tenant_id AND brand_id = o.brand_id;
@@ -1195,7 +1286,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION crm.brand_restore(p_id uuid) RETURNS crm.op_result
+CREATE FUNCTION crm.brand_restore(p_id uuid, p_if_match text) RETURNS crm.op_result
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -1205,6 +1296,9 @@ BEGIN
     SELECT * INTO o FROM crm.brands WHERE tenant_id = crm.current_tenant() AND brand_id = p_id FOR UPDATE;
     IF NOT FOUND THEN
         RETURN crm.not_found('brand');
+    END IF;
+    IF NOT crm.if_match(p_if_match, o.version) THEN
+        RETURN crm.precondition_failed('brand', o.version);
     END IF;
     IF o.deleted_at IS NULL THEN
         RETURN ROW(200, o.brand_id, o.version, NULL::jsonb);
@@ -1286,6 +1380,7 @@ BEGIN
     IF e <> '[]' THEN
         RETURN ROW(400, NULL::uuid, NULL::integer, crm.invalid(e));
     END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('crm.lead_scoring:' || crm.current_tenant(), 0));
     INSERT INTO crm.lead_scoring AS l (tenant_id, work_email, has_phone, has_title, recent_activity,
                                        recent_activity_days, stages)
     VALUES (crm.current_tenant(), (p ->> 'work_email')::integer, (p ->> 'has_phone')::integer,
@@ -1296,7 +1391,9 @@ BEGIN
         recent_activity = EXCLUDED.recent_activity, recent_activity_days = EXCLUDED.recent_activity_days,
         stages = EXCLUDED.stages, updated_at = now()
     RETURNING * INTO w;
-    UPDATE crm.contacts c SET lead_score = lead_score
+    -- A new score is a new representation: a new version (ETag) and updated_at, so that clients syncing with
+    -- updated_since see it.
+    UPDATE crm.contacts c SET version = c.version + 1, updated_at = now()
     WHERE c.tenant_id = w.tenant_id
       AND c.lead_score <> crm.lead_score(w, c.email_free, c.phone, c.title, c.last_activity_at, c.lifecycle_stage);
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -1463,12 +1560,14 @@ BEGIN
     END IF;
     IF p ? 'cursor' THEN
         v_cursor := crm.cursor_decode(p ->> 'cursor');
-        IF v_cursor IS NULL OR v_cursor ->> 0 <> v_sort THEN
+        IF v_cursor IS NULL OR v_cursor ->> 0 <> v_sort OR NOT crm.cursor_key_ok(v_cursor ->> 1, v_cast) THEN
             e := e || crm.ferr('cursor', 'is not a cursor of this list and sort');
         END IF;
     END IF;
     IF char_length(v_q) > 200 THEN
         e := e || crm.ferr('q', 'is longer than 200 characters');
+    ELSIF (SELECT count(*) FROM regexp_split_to_table(lower(v_q), '[^[:alnum:]]+') w WHERE w <> '') > 10 THEN
+        e := e || crm.ferr('q', 'has more than 10 words');
     END IF;
     IF p ? 'tag' AND crm.tag_name(p ->> 'tag') IS NULL THEN
         e := e || crm.ferr('tag', 'is not a tag name');
@@ -1588,7 +1687,7 @@ BEGIN
     END IF;
     IF p ? 'cursor' THEN
         v_cursor := crm.cursor_decode(p ->> 'cursor');
-        IF v_cursor IS NULL OR v_cursor ->> 0 <> v_sort THEN
+        IF v_cursor IS NULL OR v_cursor ->> 0 <> v_sort OR NOT crm.cursor_key_ok(v_cursor ->> 1, v_cast) THEN
             e := e || crm.ferr('cursor', 'is not a cursor of this list and sort');
         END IF;
     END IF;
@@ -1728,14 +1827,14 @@ BEGIN
                      WHEN 'contact.upsert' THEN crm.contact_insert(v_body, v_free, true, '')
                      WHEN 'contact.update' THEN crm.contact_patch(v_id, v_body, v_if_match, v_free, '')
                      WHEN 'contact.delete' THEN crm.contact_delete(v_id, v_if_match)
-                     WHEN 'contact.restore' THEN crm.contact_restore(v_id)
-                     WHEN 'contact.tag' THEN crm.contact_tag(v_id, p_arg, true, 'name')
-                     WHEN 'contact.untag' THEN crm.contact_tag(v_id, p_arg, false, 'name')
+                     WHEN 'contact.restore' THEN crm.contact_restore(v_id, v_if_match)
+                     WHEN 'contact.tag' THEN crm.contact_tag(v_id, p_arg, true, 'name', v_if_match)
+                     WHEN 'contact.untag' THEN crm.contact_tag(v_id, p_arg, false, 'name', v_if_match)
                      WHEN 'contact.bulk' THEN crm.contacts_bulk(v_body, v_free)
                      WHEN 'brand.create' THEN crm.brand_insert(v_body, p_aux)
                      WHEN 'brand.update' THEN crm.brand_patch(v_id, v_body, p_aux, v_if_match)
                      WHEN 'brand.delete' THEN crm.brand_delete(v_id, v_if_match)
-                     WHEN 'brand.restore' THEN crm.brand_restore(v_id)
+                     WHEN 'brand.restore' THEN crm.brand_restore(v_id, v_if_match)
                      WHEN 'settings.lead_scoring' THEN crm.lead_scoring_put(v_body)
                      WHEN 'settings.custom_field_put' THEN crm.custom_field_put(p_arg, v_body)
                      WHEN 'settings.custom_field_delete' THEN crm.custom_field_delete(p_arg)
@@ -1743,11 +1842,11 @@ BEGIN
             IF r IS NULL THEN
                 RAISE EXCEPTION 'api_write: unknown operation %', p_op;
             END IF;
-        EXCEPTION WHEN unique_violation OR exclusion_violation THEN
-            -- A concurrent transaction took the address or domain between this one's look-up and its write; the
-            -- unique index refused it and everything this request did is undone. Not stored: a retry may succeed.
+        EXCEPTION WHEN unique_violation OR deadlock_detected OR serialization_failure OR lock_not_available THEN
+            -- A concurrent transaction took the address or domain between this one's look-up and its write, or the
+            -- two waited for each other; everything this request did is undone. Not stored: a retry may succeed.
             r := crm.op_problem(409, 'conflict', 'Conflict',
-                                'A concurrent change conflicts with this one (e-mail address or domain); nothing was changed.');
+                                'A concurrent change conflicts with this one; nothing was changed. Retry the request.');
             v_store := false;
         END;
     END IF;
@@ -1809,7 +1908,8 @@ BEGIN
             RETURN QUERY SELECT 200, '"' || b.version || '"', crm.brand_json(b)::text;
             RETURN;
         ELSE
-            r := crm.contacts_list((p_params - 'brand_id') - 'sort', b.brand_id);
+            r := crm.contacts_list(jsonb_strip_nulls(jsonb_build_object('limit', p_params -> 'limit',
+                                                                        'cursor', p_params -> 'cursor')), b.brand_id);
         END IF;
     ELSE
         r := CASE p_op
@@ -1850,11 +1950,11 @@ BEGIN
     'api_read', 'api_write', 'audit', 'brand_delete', 'brand_errors', 'brand_insert',
     'brand_json', 'brand_patch', 'brand_restore', 'brands_list', 'brands_renamed', 'bulk_update_item',
     'contact_delete', 'contact_errors', 'contact_get', 'contact_insert', 'contact_json', 'contact_matches', 'contact_patch',
-    'contact_restore', 'contact_tag', 'contact_tags_changed', 'contact_with_email', 'contacts_bulk', 'contacts_derive',
-    'contacts_list', 'cursor_decode', 'cursor_encode', 'custom_field_delete', 'custom_field_errors', 'custom_field_json',
+    'contact_restore', 'contact_tag', 'contact_tags_changed', 'contact_with_email', 'contact_write', 'contacts_bulk', 'contacts_derive',
+    'contacts_list', 'cursor_decode', 'cursor_key_ok', 'cursor_encode', 'custom_field_delete', 'custom_field_errors', 'custom_field_json',
     'custom_field_put', 'duplicate_brand', 'duplicate_contact', 'email_valid', 'ferr', 'if_match',
     'invalid', 'is_date', 'is_uuid', 'json_int_in', 'lead_score', 'lead_scoring_json',
-    'lead_scoring_put', 'lead_weights', 'lifecycle_stages', 'list_limit', 'not_found', 'op_problem',
+    'lead_scoring_put', 'lead_weights', 'lifecycle_stages', 'list_limit', 'not_found', 'op_problem', 'precondition_failed',
     'problem', 'rfc3339', 'string_error', 'tag_name', 'tags_attach', 'tags_list',
     'ts'
              ]) LOOP

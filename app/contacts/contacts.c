@@ -93,11 +93,6 @@ enum { W_STATUS = 0, W_ETAG, W_LOCATION, W_REPLAYED, W_BODY };
 /* Columns of sql_read. */
 enum { R_STATUS = 0, R_ETAG, R_BODY };
 
-/* Per-request state (request memory). */
-typedef struct st_contacts_req_t {
-    const contacts_route_t *route;
-} contacts_req_t;
-
 static struct st_crm_contacts_t *state_of(crm_http_req_t *req)
 {
     return crm_api_app(req)->contacts;
@@ -365,9 +360,10 @@ static void write_authorized(crm_http_req_t *req, const crm_principal_t *who, co
             crm_http_respond_problem(req, 403, "forbidden", "Forbidden", "Your role does not allow this.", NULL);
             goto done;
         }
-        body_text = h2o_mem_alloc_pool(&req->h2o->pool, req->h2o->entity.len + 1);
-        memcpy((char *)body_text, req->h2o->entity.base, req->h2o->entity.len);
-        ((char *)body_text)[req->h2o->entity.len] = '\0';
+        char *copy = h2o_mem_alloc_pool(&req->h2o->pool, req->h2o->entity.len + 1);
+        memcpy(copy, req->h2o->entity.base, req->h2o->entity.len);
+        copy[req->h2o->entity.len] = '\0';
+        body_text = copy;
         if (((rt->flags & F_EMAILS) && add_free_mail(aux, body) != 0) ||
             ((rt->flags & F_DOMAIN) && add_domain(aux, body, (rt->flags & F_CREATE) != 0) != 0)) {
             crm_http_respond_error(req, CRM_E_NOMEM);

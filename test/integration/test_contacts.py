@@ -1441,6 +1441,81 @@ def test_tags_and_audit():
 # ---- the end: crmd exits cleanly ----
 
 
+def test_races_and_edges():
+    """Overlapping bulk imports in opposite orders, a brand renamed under its contacts, forged cursors, clearing custom
+    fields, If-Match on restore and tags."""
+    c = main_crmd()
+    u = make_tenant(c, "races")
+    tag = secrets.token_hex(3)
+
+    # Two importers with the same 200 addresses, one in reverse order, four times at once: no 500 (a deadlock would
+    # be one), every answer says what happened, and each address ends with exactly one live contact.
+    addrs = ["race-%s-%03d@globex.com" % (tag, i) for i in range(200)]
+    bodies = [{"op": "create", "mode": "partial", "items": [{"email": a, "tags": ["imp-%d" % (i % 3), "shared"]}
+                                                               for i, a in enumerate(order)]}
+              for order in (addrs, addrs[::-1]) * 4]
+    answers = gather([acall(c, "POST", "/v1/contacts/bulk", u.access, b) for b in bodies])
+    codes = collections.Counter(r.status for r in answers)
+    check(set(codes) <= {200, 409}, "overlapping imports answered %r" % dict(codes))
+    created = sum(1 for r in answers if r.status == 200
+                  for x in json.loads(r.body)["results"] if x["status"] == 201)
+    check(created == 200, "overlapping imports created %d contacts, expected 200" % created)
+    n = int(sql("SELECT count(*) FROM %s WHERE tenant_id = '%s' AND email LIKE 'race-%s-%%' AND deleted_at IS NULL"
+                % (CONTACTS, u.tenant, tag)))
+    check(n == 200, "%d live contacts for 200 addresses" % n)
+    log("   overlapping imports: %r" % dict(codes))
+
+    # A brand renamed: its contacts' search documents follow, and their representation gets a new version.
+    b = create_brand(c, u, name="Zorblax Corp", domain="brand-%s.com" % tag)
+    ct = create(c, u, email="emp-%s@brand-%s.com" % (tag, tag), brand_id=b["id"])
+    r = call(c, "PATCH", "/v1/brands/" + b["id"], u.access, {"name": "Quuxly Corp"})
+    check_json(r, 200, "rename the brand")
+    after = get_contact(c, u, ct["id"], "the brand's contact after the rename")
+    check(after["brand"]["name"] == "Quuxly Corp" and after["version"] > ct["version"],
+          "after the rename: brand %r, version %r (was %r)" % (after["brand"], after["version"], ct["version"]))
+    check([x["id"] for x in list_contacts(c, u, "?q=quuxly")["data"]] == [ct["id"]], "search by the new brand name")
+    check(list_contacts(c, u, "?q=zorblax")["data"] == [], "the old brand name still finds the contact")
+
+    # Forged cursors are the client's error, whatever they hold.
+    import base64
+    for sort, key in (("lead_score", "x"), ("updated_at", "not a time"), ("-created_at", "2026-13-45 99:00:00+00")):
+        forged = base64.urlsafe_b64encode(json.dumps([sort, key, str(uuid.uuid4())]).encode()).decode().rstrip("=")
+        check_invalid(call(c, "GET", "/v1/contacts?sort=%s&cursor=%s" % (q(sort), forged), u.access),
+                      {"cursor": None}, "a forged %s cursor" % sort)
+    check_invalid(call(c, "GET", "/v1/contacts?q=" + q(" ".join("w%d" % i for i in range(11))), u.access),
+                  {"q": None}, "q with 11 words")
+
+    # custom_fields: null clears them all; a value whose definition was deleted can still be removed.
+    r = call(c, "PUT", "/v1/settings/custom-fields/shoe", u.access, {"type": "number"})
+    check_json(r, 200, "define shoe")
+    r = call(c, "PUT", "/v1/settings/custom-fields/hat", u.access, {"type": "text"})
+    check_json(r, 200, "define hat")
+    cf = create(c, u, custom_fields={"shoe": 42, "hat": "fedora"})
+    r = call(c, "DELETE", "/v1/settings/custom-fields/shoe", u.access)
+    check(r.status == 204, "delete the definition of shoe: %d" % r.status)
+    doc = check_json(call(c, "PATCH", "/v1/contacts/" + cf["id"], u.access, {"custom_fields": {"shoe": None}}), 200,
+                     "remove an undefined field's value")
+    check(doc["custom_fields"] == {"hat": "fedora"}, "custom fields %r" % doc["custom_fields"])
+    check_invalid(call(c, "PATCH", "/v1/contacts/" + cf["id"], u.access, {"custom_fields": {"shoe": 43}}),
+                  {"custom_fields.shoe": "is not a defined custom field"}, "set an undefined field")
+    doc = check_json(call(c, "PATCH", "/v1/contacts/" + cf["id"], u.access, {"custom_fields": None}), 200,
+                     "custom_fields: null")
+    check(doc["custom_fields"] == {}, "custom_fields: null left %r" % doc["custom_fields"])
+
+    # If-Match on restore and on tags.
+    t = create(c, u)
+    check_problem(call(c, "PUT", "/v1/contacts/%s/tags/x" % t["id"], u.access, headers={"If-Match": '"7"'}), 412,
+                  "precondition-failed", "tag with a stale If-Match")
+    r = call(c, "PUT", "/v1/contacts/%s/tags/x" % t["id"], u.access, headers={"If-Match": '"1"'})
+    check(r.status == 204, "tag with the current If-Match: %d" % r.status)
+    r = call(c, "DELETE", "/v1/contacts/" + t["id"], u.access)
+    check(r.status == 204, "delete: %d" % r.status)
+    check_problem(call(c, "POST", "/v1/contacts/%s/restore" % t["id"], u.access, headers={"If-Match": '"1"'}), 412,
+                  "precondition-failed", "restore with a stale If-Match")
+    check_json(call(c, "POST", "/v1/contacts/%s/restore" % t["id"], u.access, headers={"If-Match": '"3"'}), 200,
+               "restore with the current If-Match")
+
+
 def test_crash_mid_bulk():
     """A crmd killed (SIGKILL) while its atomic bulk create runs leaves all of the batch or none of it, and the audit
     trail agrees with the rows."""
@@ -1505,6 +1580,7 @@ ALL = [
     test_bad_input,
     test_lead_scoring,
     test_tags_and_audit,
+    test_races_and_edges,
     test_crash_mid_bulk,
     test_main_exits_cleanly,
 ]
