@@ -540,6 +540,22 @@ int crm_http_parse_json(crm_http_req_t *r, json_t **out)
     return err;
 }
 
+/* Whether every '%' of a query string starts a hex pair that does not encode NUL: what query_decode accepts. Checked
+ * before any handler runs, so that crm_http_query's NULL means absent, never "present but undecodable" (a filter
+ * that silently vanished). */
+static int query_well_formed(const char *q, size_t len)
+{
+    for (size_t i = 0; i < len; ++i) {
+        if (q[i] != '%')
+            continue;
+        if (len - i < 3 || !isxdigit((unsigned char)q[i + 1]) || !isxdigit((unsigned char)q[i + 2]) ||
+            (q[i + 1] == '0' && q[i + 2] == '0'))
+            return 0;
+        i += 2;
+    }
+    return 1;
+}
+
 static int query_decode(h2o_mem_pool_t *pool, const char *in, size_t len, h2o_iovec_t *out)
 {
     char *buf = h2o_mem_alloc_pool(pool, len + 1);
@@ -700,6 +716,11 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         snprintf(detail, sizeof(detail), "Path parameter '%s' is not valid percent-encoding.",
                  match.route->param_names[bad]);
         crm_http_respond_problem(r, 400, "invalid-path", reason_phrase(400), detail, NULL);
+        return 0;
+    }
+    if (!query_well_formed(r->query.base, r->query.len)) {
+        crm_http_respond_problem(r, 400, "invalid-query", reason_phrase(400),
+                                 "The query string is not valid percent-encoding.", NULL);
         return 0;
     }
     size_t limit = route_body_limit(r);

@@ -148,7 +148,9 @@ const char *crm_http_peer_ip(const crm_http_req_t *req, char *buf, size_t cap);
  * column, 413 too large) and returns a negative crm_err_t; the handler must then just return. */
 int crm_http_parse_json(crm_http_req_t *req, json_t **out);
 
-/* The decoded value of query parameter `name` (first occurrence) in pool memory, or NULL. `+` decodes as space. */
+/* The decoded value of query parameter `name` (first occurrence) in pool memory, or NULL when absent. `+` decodes as
+ * space. A request whose query string is not valid percent-encoding (or encodes NUL) never reaches a handler: it is
+ * answered 400 invalid-query. */
 const char *crm_http_query(crm_http_req_t *req, const char *name);
 
 /* 1 when the request carries `Authorization: Bearer <expected>`, compared in constant time; 0 otherwise,

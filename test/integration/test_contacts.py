@@ -1298,6 +1298,12 @@ def test_bad_input():
     b = create_brand(c, u, "brand from a website", name="Site Co", website="https://shop.site-co.com/x")
     check(b["domain"] == "site-co.com" and b["website"], "brand from a website %r" % b)
 
+    # A query string that does not decode is refused, not read as if the parameter were absent (the filter would
+    # silently vanish and the whole tenant be listed).
+    for query in ("owner_id=%zz", "q=a%00b", "stage=lead%2", "tag=%"):
+        check_problem(call(c, "GET", "/v1/contacts?" + query, u.access), 400, "invalid-query", "GET ?" + query)
+    check_problem(call(c, "GET", "/v1/contacts/%zz", u.access), 400, "invalid-path", "a malformed id in the path")
+
 
 # ---- 10. lead scoring ----
 
