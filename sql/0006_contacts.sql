@@ -1330,8 +1330,10 @@ BEGIN
 END
 $$;
 
--- PUT /v1/settings/lead-scoring: the whole document, then every contact of the tenant rescored in this
--- transaction (the BEFORE trigger computes the score; only rows whose score changes are written).
+-- PUT /v1/settings/lead-scoring: the whole document. Contacts written from then on are scored with the new weights
+-- (the BEFORE trigger); the tenant's existing contacts are rescored by a chain of contacts.rescore jobs enqueued
+-- here (crm.contacts_rescore_batch). One statement for them all took 11.5 s at 133,000 contacts, longer than a
+-- request may take, holding every contact's lock meanwhile.
 CREATE FUNCTION crm.lead_scoring_put(p jsonb) RETURNS crm.op_result
     LANGUAGE plpgsql
     AS $$
@@ -1340,7 +1342,7 @@ DECLARE
     k text;
     v jsonb;
     w crm.lead_scoring;
-    n integer;
+    v_pass text;
 BEGIN
     IF jsonb_typeof(p) IS DISTINCT FROM 'object' THEN
         RETURN ROW(400, NULL::uuid, NULL::integer, crm.invalid(crm.ferr('body', 'must be an object')));
@@ -1391,15 +1393,41 @@ BEGIN
         recent_activity = EXCLUDED.recent_activity, recent_activity_days = EXCLUDED.recent_activity_days,
         stages = EXCLUDED.stages, updated_at = now()
     RETURNING * INTO w;
-    -- A new score is a new representation: a new version (ETag) and updated_at, so that clients syncing with
-    -- updated_since see it.
+    v_pass := to_char(w.updated_at, 'YYYYMMDDHH24MISSUS');
+    PERFORM crm.job_enqueue('contacts.rescore', jsonb_build_object('pass', v_pass), 0, 100, 'rescore:' || v_pass);
+    PERFORM crm.audit('settings.lead_scoring_changed', 'tenant', w.tenant_id, crm.lead_scoring_json(w));
+    RETURN ROW(200, NULL::uuid, NULL::integer, crm.lead_scoring_json(w));
+END
+$$;
+
+-- One job of a rescoring pass (payload {pass, after}): the next 2,000 contacts of the tenant in id order after
+-- `after`, each whose score the current weights change written again (the trigger scores it; a new score is a new
+-- representation, so a new version and updated_at, which clients syncing with updated_since see), and the job for
+-- the following 2,000 enqueued in the same transaction. At least once: a batch run twice finds nothing to change.
+-- Returns the number of contacts rescored.
+CREATE FUNCTION crm.contacts_rescore_batch(p_payload jsonb) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    w crm.lead_scoring := crm.lead_weights(crm.current_tenant());
+    v_after uuid := coalesce((p_payload ->> 'after')::uuid, '00000000-0000-0000-0000-000000000000');
+    v_last uuid;
+    n integer;
+BEGIN
+    SELECT x.contact_id INTO v_last
+    FROM (SELECT c.contact_id FROM crm.contacts c WHERE c.tenant_id = crm.current_tenant() AND c.contact_id > v_after
+          ORDER BY c.contact_id LIMIT 2000) x
+    ORDER BY x.contact_id DESC LIMIT 1;
+    IF v_last IS NULL THEN
+        RETURN 0;
+    END IF;
     UPDATE crm.contacts c SET version = c.version + 1, updated_at = now()
-    WHERE c.tenant_id = w.tenant_id
+    WHERE c.tenant_id = crm.current_tenant() AND c.contact_id > v_after AND c.contact_id <= v_last
       AND c.lead_score <> crm.lead_score(w, c.email_free, c.phone, c.title, c.last_activity_at, c.lifecycle_stage);
     GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM crm.audit('settings.lead_scoring_changed', 'tenant', w.tenant_id,
-                      crm.lead_scoring_json(w) || jsonb_build_object('rescored', n));
-    RETURN ROW(200, NULL::uuid, NULL::integer, crm.lead_scoring_json(w));
+    PERFORM crm.job_enqueue('contacts.rescore', jsonb_build_object('pass', p_payload ->> 'pass', 'after', v_last), 0,
+                            100, 'rescore:' || coalesce(p_payload ->> 'pass', '') || ':' || v_last);
+    RETURN n;
 END
 $$;
 
@@ -1975,7 +2003,7 @@ BEGIN
     'api_read', 'api_write', 'audit', 'brand_delete', 'brand_errors', 'brand_insert',
     'brand_json', 'brand_patch', 'brand_restore', 'brands_list', 'brands_renamed', 'bulk_update_item',
     'contact_delete', 'contact_errors', 'contact_get', 'contact_insert', 'contact_json', 'contact_matches', 'contact_patch',
-    'contact_restore', 'contact_tag', 'contact_tags_changed', 'contact_with_email', 'contact_write', 'contacts_bulk', 'contacts_derive',
+    'contact_restore', 'contact_tag', 'contact_tags_changed', 'contact_with_email', 'contact_write', 'contacts_bulk', 'contacts_derive', 'contacts_rescore_batch',
     'contacts_list', 'cursor_decode', 'cursor_key_ok', 'cursor_encode', 'custom_field_delete', 'custom_field_errors', 'custom_field_json',
     'custom_field_put', 'duplicate_brand', 'duplicate_contact', 'email_valid', 'ferr', 'if_match',
     'invalid', 'is_date', 'is_uuid', 'json_int_in', 'lead_score', 'lead_scoring_json',

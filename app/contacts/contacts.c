@@ -15,6 +15,7 @@
 #include "domain.h"
 #include "err.h"
 #include "http_pg.h"
+#include "jobs.h"
 #include "log.h"
 
 typedef enum {
@@ -76,7 +77,7 @@ static const char *const list_params[] = {"q",    "tag",   "brand_id",        "o
                                           "sort", "limit", "include_deleted", "cursor"};
 
 struct st_crm_contacts_t {
-    crm_pg_stmt_t write, read, get;
+    crm_pg_stmt_t write, read, get, rescore;
     /* routes[] entry of each registered route, by crm_route_t.id */
     const contacts_route_t **by_route;
     size_t nby_route;
@@ -87,6 +88,7 @@ static const char sql_write[] = "SELECT status, etag, location, replayed, body F
                                 " $11::text)";
 static const char sql_read[] = "SELECT status, etag, body FROM crm.api_read($1::text, $2::text, $3::jsonb)";
 static const char sql_get[] = "SELECT version, body FROM crm.contact_get($1::uuid, $2::boolean)";
+static const char sql_rescore[] = "SELECT crm.contacts_rescore_batch($1::jsonb)";
 
 /* Columns of sql_write. */
 enum { W_STATUS = 0, W_ETAG, W_LOCATION, W_REPLAYED, W_BODY };
@@ -488,6 +490,41 @@ static void on_request(crm_http_req_t *req)
     crm_auth_require(req, rt->permission, on_authorized);
 }
 
+/* ---- the contacts.rescore job: one batch of a tenant's rescoring after its weights changed ---- */
+
+static void on_rescored(crm_pg_unit_t *u, int err, void *data)
+{
+    crm_job_t *job = data;
+    if (err != 0) {
+        crm_job_fail(job, err == CRM_E_DB ? crm_pg_unit_sqlstate(u) : crm_err_str(err), 0, 0);
+        return;
+    }
+    crm_job_succeed(job);
+    /* The batch enqueued the next one in its transaction: claim it now rather than at the next poll. */
+    crm_jobs_wake(job->runner);
+}
+
+static void on_rescore_job(crm_job_t *job, void *ctx)
+{
+    crm_app_t *app = ctx;
+    if (job->tenant_id == NULL) {
+        crm_job_fail(job, "a rescoring job needs a tenant", 0, 1);
+        return;
+    }
+    char *payload = json_dumps(job->payload, JSON_COMPACT);
+    crm_pg_unit_t *u = crm_pg_unit_new(app->pool, CRM_PG_TX);
+    int err = payload == NULL || u == NULL ? CRM_E_NOMEM : crm_pg_unit_set_tenant(u, job->tenant_id);
+    if (err == 0) {
+        crm_pg_unit_set_deadline(u, job->deadline);
+        err = crm_pg_unit_add(u, app->contacts->rescore, 1, (const char *const[]){payload}, NULL);
+    }
+    free(payload);
+    if (err >= 0 && (err = crm_pg_unit_submit(u, on_rescored, job)) == 0)
+        return;
+    crm_pg_unit_free(u);
+    crm_job_fail(job, crm_err_str(err), 0, 0);
+}
+
 /* ---- set-up ---- */
 
 int crm_contacts_init(crm_app_t *app)
@@ -503,9 +540,12 @@ int crm_contacts_init(crm_app_t *app)
     }
     if ((err = crm_pg_pool_prepare(app->pool, "contacts_write", sql_write, 11, &c->write)) != 0 ||
         (err = crm_pg_pool_prepare(app->pool, "contacts_read", sql_read, 3, &c->read)) != 0 ||
-        (err = crm_pg_pool_prepare(app->pool, "contacts_get", sql_get, 2, &c->get)) != 0)
+        (err = crm_pg_pool_prepare(app->pool, "contacts_get", sql_get, 2, &c->get)) != 0 ||
+        (err = crm_pg_pool_prepare(app->pool, "contacts_rescore", sql_rescore, 1, &c->rescore)) != 0)
         return err;
-    return 0;
+    /* A batch of 2,000 takes a few hundred milliseconds; the deadline leaves room for a busy database. */
+    return crm_jobs_register(app->jobs, CRM_CONTACTS_RESCORE_KIND, on_rescore_job, app,
+                             CRM_CONTACTS_RESCORE_TIMEOUT_MS);
 }
 
 int crm_contacts_routes(crm_app_t *app)

@@ -16,6 +16,9 @@
  *     GET /v1/contacts/{id}, its own prepared statement; and relays the answer: status, body, ETag, Location,
  *     Idempotent-Replayed. Problems composed by the database get the request's `instance` here.
  *
+ * A change of the lead-score weights rescores the tenant's existing contacts in the background: a chain of
+ * CRM_CONTACTS_RESCORE_KIND jobs, 2,000 contacts each, every batch enqueuing the next in its own transaction.
+ *
  * Bodies: 64 KiB per route, 1 MiB for bulk. Every handler answers from its unit's callback; a request that goes
  * away detaches its unit (lib/http_pg), and every unit has the request's deadline.
  */
@@ -30,7 +33,12 @@
 /* Longest Idempotency-Key accepted (printable ASCII). */
 #define CRM_CONTACTS_IDEMPOTENCY_KEY_MAX 255
 
-/* Creates app->contacts and prepares its statements with the pool (start-up, before the pool starts). */
+/* The job kind that rescores one batch of a tenant's contacts, and its handler's deadline. */
+#define CRM_CONTACTS_RESCORE_KIND       "contacts.rescore"
+#define CRM_CONTACTS_RESCORE_TIMEOUT_MS 20000
+
+/* Creates app->contacts, prepares its statements with the pool and registers the rescoring job's handler (start-up,
+ * after app->jobs exists and before the pool and the runner start). */
 int crm_contacts_init(crm_app_t *app);
 
 /* Registers every contacts, brands, tags and settings route. Works with app->contacts NULL (for `crmd routes`). */

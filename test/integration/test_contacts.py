@@ -1350,14 +1350,35 @@ def test_lead_scoring():
             check_fields(doc, {field: None}, "PUT lead scoring with " + what)
     check(check_json(call(c, "GET", "/v1/settings/lead-scoring", u.access), 200, "GET") == DEFAULT_SCORING,
           "a refused PUT changed the weights")
+    # Enough contacts for three batches: the chain must reach the last one.
+    many_tag = secrets.token_hex(3)
+    for b in range(5):
+        doc, _ = bulk(c, u, {"op": "create", "items": [{"email": "many-%s-%d@initech.com" % (many_tag, b * 820 + i)}
+                                                         for i in range(820)]})
+        check(statuses(doc) == [201] * 820, "create the many: %r" % sorted(set(statuses(doc))))
+    many = "tenant_id = '%s' AND email LIKE 'many-%s-%%'" % (u.tenant, many_tag)
+    check(int(sql("SELECT count(*) FROM %s WHERE %s AND lead_score = 10" % (CONTACTS, many))) == 4100,
+          "the many are not all scored 10 before the PUT")
     check(check_json(call(c, "PUT", "/v1/settings/lead-scoring", u.access, weights), 200, "PUT weights") == weights,
           "PUT answered something else than the document")
     check(check_json(call(c, "GET", "/v1/settings/lead-scoring", u.access), 200, "GET") == weights, "GET after PUT")
     want = {full["id"]: 1 + 2 + 3 + 50, gmail["id"]: 2 + 3 + 50, bare["id"]: 3 + 7, recent["id"]: 1 + 4,
             old["id"]: 1 + 4}
+    # Existing contacts are rescored by background jobs (contacts.rescore, 2,000 contacts a batch, each enqueuing
+    # the next); a contact written now is scored with the new weights at once.
+    now_written = create(c, u, email="now-%s@initech.com" % secrets.token_hex(3))
+    check(now_written["lead_score"] == 1, "a contact created after the PUT scored %d, expected 1"
+          % now_written["lead_score"])
     for cid, score in want.items():
-        got = get_contact(c, u, cid, "after the new weights")["lead_score"]
-        check(got == score, "contact %s scored %d after the new weights, expected %d" % (cid, got, score))
+        got = wait_for("contact %s rescored to %d" % (cid, score),
+                       lambda: get_contact(c, u, cid, "after the new weights")["lead_score"] == score, 30)
+        check(got, "contact %s was not rescored" % cid)
+    wait_for("4,100 contacts rescored in batches of 2,000",
+             lambda: int(sql("SELECT count(*) FROM %s WHERE %s AND lead_score = 1" % (CONTACTS, many))) == 4100, 60)
+    sql("DELETE FROM %s WHERE %s" % (CONTACTS, many))
+    rescored = get_contact(c, u, full["id"], "a rescored contact")
+    check(rescored["version"] > full["version"], "a rescore did not give a new version: %r" % rescored["version"])
+    sql("DELETE FROM %s WHERE tenant_id = '%s' AND contact_id = '%s'" % (CONTACTS, u.tenant, now_written["id"]))
     n = int(sql("SELECT count(*) FROM %s WHERE tenant_id = '%s' AND lead_score = 56" % (CONTACTS, u.tenant)))
     check(n == 1, "the database holds %d contacts scored 56" % n)
 
