@@ -118,10 +118,7 @@ int crm_api_read_body(crm_http_req_t *req, const crm_api_field_t *fields, size_t
                 json_array_append_new(errors, json_pack("{s:s, s:s}", "field", fields[i].name, "message", msg));
                 continue;
             }
-            size_t len = json_string_length(v);
-            char *copy = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
-            memcpy(copy, json_string_value(v), len + 1);
-            *fields[i].out = copy;
+            *fields[i].out = h2o_strdup(&req->h2o->pool, json_string_value(v), json_string_length(v)).base;
         }
     }
     json_decref(body);

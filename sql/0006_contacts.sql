@@ -1530,13 +1530,9 @@ END
 $$;
 
 -- The ids of the session tenant's contacts (deleted ones too) that match a search: every word of q as a prefix
--- (p_tsq), or q as a substring (p_like), either may be NULL. SECURITY DEFINER on purpose, and only for this: under
--- crmd_app's row-level security policy the planner may not use non-leakproof operators (@@, LIKE) as index
--- conditions, so both GIN indexes went unused and every search scanned the table. The owner's policy is USING
--- (true); the tenant filter is the one the policy would apply, from the same session setting.
+-- (p_tsq), or q as a substring (p_like), either may be NULL. Called by crm.contacts_list only, as the owner.
 CREATE FUNCTION crm.contact_matches(p_tsq tsquery, p_like text, p_max integer) RETURNS SETOF uuid
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, crm, pg_temp
+    LANGUAGE plpgsql STABLE
     AS $$
 BEGIN
     -- Planned for each call (EXECUTE): how many rows a pattern matches decides the plan, and a generic plan cannot
@@ -1553,8 +1549,10 @@ BEGIN
 END
 $$;
 
--- SECURITY DEFINER, like crm.contact_matches and for the same reason (the search indexes), and safe for the same
--- reason: every query here names the session's tenant itself.
+-- SECURITY DEFINER on purpose: under crmd_app's row-level security policy the planner may not use non-leakproof
+-- operators (@@, LIKE) as index conditions, so both GIN indexes went unused and every search scanned the table. The
+-- owner's policy is USING (true), and every query here (and in crm.contact_matches) names the session's tenant
+-- itself, as the policy would.
 CREATE FUNCTION crm.contacts_list(p jsonb, p_brand uuid) RETURNS crm.op_result
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, crm, pg_temp
@@ -2002,7 +2000,7 @@ BEGIN
              WHERE n.nspname = 'crm' AND p.proname = ANY (ARRAY[
     'api_read', 'api_write', 'audit', 'brand_delete', 'brand_errors', 'brand_insert',
     'brand_json', 'brand_patch', 'brand_restore', 'brands_list', 'brands_renamed', 'bulk_update_item',
-    'contact_delete', 'contact_errors', 'contact_get', 'contact_insert', 'contact_json', 'contact_matches', 'contact_patch',
+    'contact_delete', 'contact_errors', 'contact_get', 'contact_insert', 'contact_json', 'contact_patch',
     'contact_restore', 'contact_tag', 'contact_tags_changed', 'contact_with_email', 'contact_write', 'contacts_bulk', 'contacts_derive', 'contacts_rescore_batch',
     'contacts_list', 'cursor_decode', 'cursor_key_ok', 'cursor_encode', 'custom_field_delete', 'custom_field_errors', 'custom_field_json',
     'custom_field_put', 'duplicate_brand', 'duplicate_contact', 'email_valid', 'ferr', 'if_match',

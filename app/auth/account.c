@@ -54,9 +54,7 @@ static void on_hashed(int err, const char *encoded, void *data)
         return;
     }
     account_t *acc = req->handler_data;
-    size_t len = strlen(encoded);
-    acc->hash = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
-    memcpy(acc->hash, encoded, len + 1);
+    acc->hash = h2o_strdup(&req->h2o->pool, encoded, SIZE_MAX).base;
     acc->next(req);
 }
 
@@ -341,10 +339,7 @@ static int peeked(crm_http_req_t *req, crm_pg_unit_t *u, account_t *acc)
         const char **dst = col == 0 ? &acc->email : col == 1 ? &acc->existing_user : &acc->existing_hash;
         if (PQgetisnull(r, 0, col))
             continue;
-        size_t len = (size_t)PQgetlength(r, 0, col);
-        char *copy = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
-        memcpy(copy, PQgetvalue(r, 0, col), len + 1);
-        *dst = copy;
+        *dst = h2o_strdup(&req->h2o->pool, PQgetvalue(r, 0, col), (size_t)PQgetlength(r, 0, col)).base;
     }
     return 1;
 }

@@ -627,9 +627,7 @@ const char *crm_auth_mail_payload(crm_http_req_t *req, const char *to, const cha
         return NULL;
     }
     /* Request memory keeps it until the request ends (the unit copies its parameters anyway). */
-    size_t len = strlen(json);
-    char *copy = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
-    memcpy(copy, json, len + 1);
+    char *copy = h2o_strdup(&req->h2o->pool, json, SIZE_MAX).base;
     free(json);
     return copy;
 }
@@ -670,10 +668,7 @@ const char *crm_auth_user_agent(crm_http_req_t *req)
     if (valid == NULL)
         return NULL;
     json_decref(valid);
-    char *copy = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
-    memcpy(copy, ua, len);
-    copy[len] = '\0';
-    return copy;
+    return h2o_strdup(&req->h2o->pool, ua, len).base;
 }
 
 char *crm_auth_normalize_email(char *s)

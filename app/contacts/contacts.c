@@ -122,10 +122,7 @@ static const char *header_dup(crm_http_req_t *req, const char *name)
     const char *v = crm_http_header(req, name, &len);
     if (v == NULL)
         return NULL;
-    char *s = h2o_mem_alloc_pool(&req->h2o->pool, len + 1);
-    memcpy(s, v, len);
-    s[len] = '\0';
-    return s;
+    return h2o_strdup(&req->h2o->pool, v, len).base;
 }
 
 /* JSON text of v in request memory (NULL on failure). */
@@ -362,10 +359,7 @@ static void write_authorized(crm_http_req_t *req, const crm_principal_t *who, co
             crm_http_respond_problem(req, 403, "forbidden", "Forbidden", "Your role does not allow this.", NULL);
             goto done;
         }
-        char *copy = h2o_mem_alloc_pool(&req->h2o->pool, req->h2o->entity.len + 1);
-        memcpy(copy, req->h2o->entity.base, req->h2o->entity.len);
-        copy[req->h2o->entity.len] = '\0';
-        body_text = copy;
+        body_text = h2o_strdup(&req->h2o->pool, req->h2o->entity.base, req->h2o->entity.len).base;
         if (((rt->flags & F_EMAILS) && add_free_mail(aux, body) != 0) ||
             ((rt->flags & F_DOMAIN) && add_domain(aux, body, (rt->flags & F_CREATE) != 0) != 0)) {
             crm_http_respond_error(req, CRM_E_NOMEM);
